@@ -1,0 +1,4 @@
+from .tokenizer import build_char_tokenizer
+
+
+__all__ = ["build_char_tokenizer"]
