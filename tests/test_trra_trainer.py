@@ -1,0 +1,368 @@
+import copy
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from trl.experimental.gkd import GKDTrainer
+
+from trl_realign import TrRaConfig, TrRaTrainer, train_trra_iterations
+from trl_realign.data.tokenizer import build_char_tokenizer
+from trl_realign.testing import tiny_causal_lm
+
+
+PROMPTS = ["12+7=", "3+45=", "60+1=", "9+9=", "14+22=", "5+0=", "31+8=", "2+76="]
+
+
+def pc_dataset(n=8):
+    rows = [{"prompt": p, "completion": str(eval(p[:-1]))} for p in (PROMPTS * 4)[:n]]
+    return Dataset.from_list(rows)
+
+
+def make_args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        max_steps=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        dataloader_drop_last=True,
+    )
+    defaults.update(kwargs)
+    return TrRaConfig(**defaults)
+
+
+def models(family="llama", tie=False, vocab=None, tokenizer=None, extra_rows=0):
+    vocab = (len(tokenizer) if tokenizer is not None else 103) + extra_rows
+    a = tiny_causal_lm(family, seed=0, vocab_size=vocab, tie_word_embeddings=tie)
+    b = tiny_causal_lm(family, seed=1, vocab_size=vocab, tie_word_embeddings=tie)
+    return a, b
+
+
+def fresh(model):
+    """A trainable copy: passing a model as a teacher freezes it in place, as TRL does."""
+    return copy.deepcopy(model).requires_grad_(True)
+
+
+def first_batch(trainer):
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer._prepare_inputs(batch)
+
+
+def reference_loss(student, ref, aligned, batch, lam, divergence="reverse_kl", beta=0.5, temperature=1.0, vocab=None):
+    """Full-logit loss through TRL's GKD `generalized_jsd_loss` on the fused teacher logits."""
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        z_a = ref(**kwargs).logits[:, :-1, :vocab]
+        z_b = aligned(**kwargs).logits[:, :-1, :vocab]
+    z_s = student(**kwargs).logits[:, :-1, :vocab]
+    teacher = lam * z_b + (1 - lam) * z_a
+    trl_beta = {"reverse_kl": 1.0, "forward_kl": 0.0, "jsd": beta}[divergence]
+    labels = batch["labels"][:, 1:]
+    return GKDTrainer.generalized_jsd_loss(z_s, teacher, labels=labels, beta=trl_beta, temperature=temperature)
+
+
+@pytest.mark.parametrize(
+    "family,tie,lam,divergence,temperature",
+    [
+        ("llama", False, 2.0, "reverse_kl", 1.0),
+        ("qwen2", True, -0.5, "forward_kl", 0.7),
+        ("qwen2", False, 0.5, "jsd", 1.0),
+        ("llama", True, 1.0, "reverse_kl", 1.0),
+    ],
+)
+def test_trainer_loss_and_grads_match_full_logit_reference(tmp_path, tokenizer, family, tie, lam, divergence, temperature):
+    a, b = models(family, tie, tokenizer=tokenizer)
+    args = make_args(tmp_path, realign_lambda=lam, divergence=divergence, temperature=temperature,
+                     loss_token_chunk_size=5, loss_vocab_chunk_size=17)
+    trainer = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=args,
+                          train_dataset=pc_dataset(), processing_class=tokenizer)
+    batch = first_batch(trainer)
+    student = trainer.model
+    student.train()
+    loss = trainer.compute_loss(student, batch)
+    grads = torch.autograd.grad(loss, [p for p in student.parameters()], allow_unused=True)
+
+    reference_student = fresh(a).train()
+    expected = reference_loss(reference_student, a, b, batch, lam, divergence, temperature=temperature,
+                              vocab=len(tokenizer))
+    expected_grads = torch.autograd.grad(expected, list(reference_student.parameters()), allow_unused=True)
+    assert loss.item() > 0
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    for g, e in zip(grads, expected_grads):
+        if e is None:
+            assert g is None or g.abs().max() == 0
+        else:
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+
+
+def test_lambda_zero_student_equals_reference_gives_exact_zero(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=0.0),
+                          train_dataset=pc_dataset(), processing_class=tokenizer)
+    loss = trainer.compute_loss(trainer.model, first_batch(trainer))
+    assert loss.item() == 0.0
+
+
+def test_lambda_one_is_plain_distillation_toward_aligned(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=1.0),
+                          train_dataset=pc_dataset(), processing_class=tokenizer)
+    batch = first_batch(trainer)
+    loss = trainer.compute_loss(trainer.model, batch)
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        expected = GKDTrainer.generalized_jsd_loss(
+            trainer.model(**kwargs).logits[:, :-1], b(**kwargs).logits[:, :-1], labels=batch["labels"][:, 1:], beta=1.0
+        )
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_loss_covers_completion_tokens_only(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                          processing_class=tokenizer)
+    batch = first_batch(trainer)
+    mask = batch["labels"][:, 1:] != -100
+    # Each completion is its digits plus EOS; nothing of the prompt or the padding is scored
+    completion_lengths = sorted(len(str(eval(p[:-1]))) + 1 for p in PROMPTS[:4])
+    assert sorted(mask.sum(1).tolist()) == completion_lengths
+
+
+def test_messages_dataset_trains_on_assistant_tokens_only(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": str(eval(p[:-1]))}]}
+            for p in PROMPTS]
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, assistant_only_loss=True),
+                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    batch = first_batch(trainer)
+    mask = batch["labels"][:, 1:] != -100
+    assert sorted(mask.sum(1).tolist()) == sorted(len(str(eval(p[:-1]))) + 1 for p in PROMPTS[:4])
+    loss = trainer.compute_loss(trainer.model, batch)
+    expected = reference_loss(fresh(a), trainer.ref_model, b, batch, 1.5, vocab=len(tokenizer))
+    torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_training_lowers_divergence_and_leaves_teachers_bitwise_unchanged(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    ref = copy.deepcopy(a)
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in (("a", ref), ("b", b))}
+    trainer = TrRaTrainer(model=a, ref_model=ref, aligned_model=b,
+                          args=make_args(tmp_path, realign_lambda=2.0, max_steps=25, learning_rate=5e-3),
+                          train_dataset=pc_dataset(32), processing_class=tokenizer)
+    batch = first_batch(trainer)
+    with torch.no_grad():
+        start = trainer.compute_loss(trainer.model, batch).item()
+    trainer.train()
+    with torch.no_grad():
+        end = trainer.compute_loss(trainer.model, batch).item()
+    assert end < 0.5 * start
+    for name, m in (("a", ref), ("b", b)):
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, before[name][k]), f"teacher {name} changed at {k}"
+    logged = [entry for entry in trainer.state.log_history if "divergence" in entry]
+    assert logged and all(
+        {"divergence", "student_entropy", "teacher_entropy", "completion_length"} <= entry.keys() for entry in logged
+    )
+    assert all(math.isfinite(entry["divergence"]) for entry in logged)
+    assert logged[-1]["divergence"] < logged[0]["divergence"]
+    config = trainer.args.to_dict()
+    assert config["realign_lambda"] == 2.0 and config["divergence"] == "reverse_kl"
+
+
+def test_resume_from_checkpoint_reproduces_uninterrupted_run(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+
+    def run(out, max_steps, resume=None):
+        args = make_args(tmp_path, output_dir=str(out), max_steps=max_steps, save_strategy="steps", save_steps=3,
+                         per_device_train_batch_size=2, learning_rate=1e-2)
+        # The schedule must be that of the full run in both cases
+        args.max_steps = 6
+        trainer = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=args,
+                              train_dataset=pc_dataset(16), processing_class=tokenizer)
+        if resume is None and max_steps < 6:
+            trainer.args.max_steps = 6
+            trainer.add_callback(_StopAt(max_steps))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model
+
+    full = run(tmp_path / "full", 6)
+    run(tmp_path / "part", 3)
+    resumed = run(tmp_path / "part", 6, resume=str(tmp_path / "part" / "checkpoint-3"))
+    for (name, p), q in zip(full.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+    assert not torch.equal(full.model.embed_tokens.weight, a.model.embed_tokens.weight)
+
+
+class _StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda args, state, control, **kw: self._check(state, control)
+        raise AttributeError(name)
+
+    def _check(self, state, control):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+def test_gradient_accumulation_matches_one_large_batch(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+
+    def one_step(batch_size, accumulation):
+        args = make_args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                         max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant")
+        trainer = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=args,
+                              train_dataset=pc_dataset(8), processing_class=tokenizer)
+        trainer.train()
+        return trainer.model
+
+    big, accumulated = one_step(4, 1), one_step(2, 2)
+    moved = False
+    for p, q, p0 in zip(big.parameters(), accumulated.parameters(), a.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+        moved |= not torch.equal(p, p0)
+    assert moved
+
+
+def test_peft_student_uses_disabled_adapter_as_reference(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    a, b = models(tokenizer=tokenizer)
+    a_before = {k: v.clone() for k, v in a.state_dict().items()}
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=0.0, max_steps=3),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    assert trainer.ref_model is None  # no second copy of the model
+    # LoRA starts as the identity, so at λ=0 the student equals its own reference
+    assert trainer.compute_loss(trainer.model, first_batch(trainer)).item() == 0.0
+    trainer.args.realign_lambda = trainer.realign_lambda = 2.0
+    trainer.train()
+    base = trainer.model.get_base_model()
+    for k, v in a_before.items():
+        key = k.replace(".weight", ".base_layer.weight") if any(m in k for m in ("q_proj", "v_proj")) else k
+        assert torch.equal(base.state_dict()[key], v), k
+    with trainer.model.disable_adapter():
+        batch = first_batch(trainer)
+        kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        torch.testing.assert_close(trainer.model(**kwargs).logits, a_ref_logits(a_before, kwargs))
+
+
+def a_ref_logits(state_dict, kwargs):
+    fresh = tiny_causal_lm("llama", seed=0, vocab_size=state_dict["lm_head.weight"].shape[0])
+    fresh.load_state_dict(state_dict)
+    with torch.no_grad():
+        return fresh(**kwargs).logits
+
+
+def test_differently_padded_embeddings_use_tokenizer_rows(tmp_path, tokenizer):
+    a, _ = models(tokenizer=tokenizer)
+    _, b_padded = models(tokenizer=tokenizer, extra_rows=24)  # e.g. Qwen's 151,936 vs 152,064 rows
+    trainer = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b_padded,
+                          args=make_args(tmp_path, realign_lambda=2.0), train_dataset=pc_dataset(),
+                          processing_class=tokenizer)
+    batch = first_batch(trainer)
+    loss = trainer.compute_loss(trainer.model, batch)
+    expected = reference_loss(fresh(a), a, b_padded, batch, 2.0, vocab=len(tokenizer))
+    torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-5, rtol=1e-5)
+    trainer.train()
+
+
+def test_batch_without_completion_tokens_gives_zero_loss(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                          processing_class=tokenizer)
+    batch = first_batch(trainer)
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_lambda_is_rejected(tmp_path, value):
+    with pytest.raises(ValueError, match="realign_lambda.*finite"):
+        make_args(tmp_path, realign_lambda=value)
+
+
+def test_unknown_divergence_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="divergence"):
+        make_args(tmp_path, divergence="kl")
+
+
+def test_frozen_student_is_rejected(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        TrRaTrainer(model=a.requires_grad_(False), aligned_model=b, args=make_args(tmp_path),
+                    train_dataset=pc_dataset(), processing_class=tokenizer)
+
+
+def test_missing_aligned_model_is_rejected(tmp_path, tokenizer):
+    a, _ = models(tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="aligned model"):
+        TrRaTrainer(model=a, args=make_args(tmp_path), train_dataset=pc_dataset(), processing_class=tokenizer)
+
+
+def test_teacher_with_different_tokenizer_is_rejected(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    other = build_char_tokenizer(alphabet="".join(reversed(tokenizer.convert_ids_to_tokens(range(7, len(tokenizer))))))
+    path = tmp_path / "teacher"
+    b.save_pretrained(path)
+    other.save_pretrained(path)
+    with pytest.raises(ValueError, match="tokenizer differs.*different ids"):
+        TrRaTrainer(model=a, aligned_model=str(path), args=make_args(tmp_path), train_dataset=pc_dataset(),
+                    processing_class=tokenizer)
+
+
+def test_teacher_loaded_by_path_with_same_tokenizer_is_accepted(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    path = tmp_path / "teacher"
+    b.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    trainer = TrRaTrainer(model=a, args=make_args(tmp_path, aligned_model_name_or_path=str(path)),
+                          train_dataset=pc_dataset(), processing_class=tokenizer)
+    for (k, v), w in zip(trainer.aligned_model.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_soft_capped_teacher_is_rejected(tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    a, _ = models(tokenizer=tokenizer)
+    gemma = AutoModelForCausalLM.from_config(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, final_logit_softcapping=30.0))
+    with pytest.raises(ValueError, match="soft-capping|post-processes"):
+        TrRaTrainer(model=a, aligned_model=gemma, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                    processing_class=tokenizer)
+
+
+def test_trra_iter_uses_previous_result_as_aligned_model(tmp_path, tokenizer, monkeypatch):
+    import trl_realign.trainers.trra_iter as trra_iter
+
+    a, b = models(tokenizer=tokenizer)
+    seen = []
+    original = trra_iter.TrRaTrainer
+
+    class Spy(original):
+        def __init__(self, *args, aligned_model=None, **kwargs):
+            seen.append(aligned_model)
+            super().__init__(*args, aligned_model=aligned_model, **kwargs)
+
+    monkeypatch.setattr(trra_iter, "TrRaTrainer", Spy)
+    a_before = {k: v.clone() for k, v in a.state_dict().items()}
+    outputs = train_trra_iterations(a, b, make_args(tmp_path, realign_lambda=2.0, max_steps=3), 2, pc_dataset(),
+                                    processing_class=tokenizer)
+    assert outputs == [str(tmp_path / "out" / "iter1"), str(tmp_path / "out" / "iter2")]
+    assert seen[0] is b and seen[1] == outputs[0]
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, a_before[k]), "TrRa-iter must not train model A in place"

@@ -1,0 +1,111 @@
+"""Checks that several causal LMs can be mixed at the logit level: same tokens, linear output heads, enough rows."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+
+logger = logging.getLogger(__name__)
+
+
+def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack of a causal LM (its forward returns `last_hidden_state`), through a PEFT wrapper if any."""
+    if hasattr(model, "get_base_model"):  # PeftModel: LoRA layers live inside the base model's modules
+        model = model.get_base_model()
+    return model.base_model
+
+
+def check_same_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase, role: str
+) -> None:
+    """Raise if `other` maps any token to a different id than `tokenizer`: mixed logits would then be meaningless."""
+    vocab, other_vocab = tokenizer.get_vocab(), other.get_vocab()
+    differing = [t for t in vocab if other_vocab.get(t) != vocab[t]]
+    differing += [t for t in other_vocab if t not in vocab]
+    if differing:
+        examples = ", ".join(f"{t!r}: {vocab.get(t)} vs {other_vocab.get(t)}" for t in differing[:5])
+        raise ValueError(
+            f"The {role}'s tokenizer differs from the student's: {len(differing)} tokens have different ids "
+            f"(e.g. {examples}). Logits can only be mixed between models that share a tokenizer; use an {role} "
+            "trained with the same tokenizer as the student."
+        )
+
+
+def check_tokenizer_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, role: str) -> None:
+    """Compare `tokenizer` with the tokenizer saved beside `model`, when the model was loaded from a folder or hub id."""
+    name = getattr(model, "name_or_path", "") or ""
+    if not name:
+        logger.warning(
+            "The %s was passed as an in-memory model with no `name_or_path`, so its tokenizer cannot be compared with "
+            "the student's; make sure both were trained with the same tokenizer.",
+            role,
+        )
+        return
+    try:
+        other = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        if os.path.isdir(name) or not os.path.exists(name):
+            logger.warning(
+                "No tokenizer could be loaded from %r to compare with the student's (%s); make sure the %s was "
+                "trained with the same tokenizer.",
+                name,
+                error.__class__.__name__,
+                role,
+            )
+            return
+        raise
+    check_same_tokenizer(tokenizer, other, role)
+
+
+def check_vocab_rows(model: PreTrainedModel, vocab_size: int, role: str) -> None:
+    """The output head must have a row for every token the tokenizer can produce (extra padding rows are fine)."""
+    rows = model.get_output_embeddings().weight.shape[0]
+    # Under ZeRO-3 the weight is a 0-sized shard: read the full shape DeepSpeed records instead
+    rows = getattr(model.get_output_embeddings().weight, "ds_shape", (rows,))[0]
+    if rows < vocab_size:
+        raise ValueError(
+            f"The {role}'s output head has {rows} rows but the tokenizer has {vocab_size} tokens. Use a {role} "
+            "trained with this tokenizer, or resize its embeddings with `model.resize_token_embeddings(len(tokenizer))`."
+        )
+
+
+def check_linear_output_head(model: PreTrainedModel, role: str, probe: bool = True) -> None:
+    """
+    Raise unless the model's logits are exactly `lm_head(last_hidden_state)`.
+
+    The streamed loss fuses heads linearly, which is wrong for models that post-process their logits (Gemma-2's
+    soft-capping, Cohere's logit scale, ...). The config catches the known cases; the probe compares a real forward with
+    the head applied to the backbone's output and catches the rest (skipped where weights are sharded, e.g. ZeRO-3).
+    """
+    config = model.config.get_text_config()
+    for attribute in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
+        value = getattr(config, attribute, None)
+        if value is not None and not (attribute != "final_logit_softcapping" and value == 1.0):
+            raise ValueError(
+                f"The {role} ({config.model_type}) post-processes its logits (`{attribute}={value}`), so they are not "
+                "linear in its last hidden state and the fused teacher head would be wrong. Use a model family without "
+                "logit soft-capping or scaling (e.g. Llama, Qwen2, Qwen3, Mistral)."
+            )
+    if not probe:
+        return
+    head = model.get_output_embeddings()
+    device = head.weight.device
+    input_ids = torch.arange(8, device=device).unsqueeze(0) % head.weight.shape[0]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, use_cache=False).logits.float()
+        hidden = backbone_of(model)(input_ids=input_ids, use_cache=False).last_hidden_state
+        linear = F.linear(hidden, head.weight, head.bias).float()
+    model.train(was_training)
+    if not torch.allclose(logits, linear, rtol=1e-2, atol=1e-2 * linear.abs().max().item() + 1e-6):
+        raise ValueError(
+            f"The {role}'s logits are not `lm_head(last_hidden_state)` (largest difference "
+            f"{(logits - linear).abs().max().item():.3g}): it post-processes its logits, so the fused teacher head "
+            "would be wrong. Use a model whose logits are a linear function of its last hidden state."
+        )

@@ -1,0 +1,86 @@
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import SFTConfig
+
+
+DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+
+
+@dataclass
+class TrRaConfig(SFTConfig):
+    r"""
+    Configuration class for [`TrRaTrainer`]: training-time realignment (arXiv 2506.12704, §3.1).
+
+    The student starts from a reference model A and is trained, token by token on completion tokens, toward the teacher
+    `softmax(λ·z_B + (1−λ)·z_A)` built from the logits of two frozen models: A and an aligned model B. Every
+    [`~trl.SFTConfig`] field keeps its meaning (datasets, completion-only masking, batch sizes, optimisation, logging).
+
+    Parameters:
+        realign_lambda (`float`, *optional*, defaults to `1.5`):
+            λ, the alignment strength of the teacher. `0` is the reference A, `1` the aligned model B, `λ>1`
+            extrapolates beyond B and `λ<0` moves away from B. Any finite value. `1.5` is the paper's released recipe.
+        divergence (`str`, *optional*, defaults to `"reverse_kl"`):
+            Token-level divergence between student and teacher: `"reverse_kl"` is KL(student ‖ teacher), the paper's
+            Eq. 6; `"forward_kl"` is KL(teacher ‖ student); `"jsd"` is the generalised Jensen–Shannon divergence with
+            weight `beta`.
+        beta (`float`, *optional*, defaults to `0.5`):
+            Weight of the generalised JSD (TRL's GKD convention: `0` is forward KL, `1` reverse KL). Only read when
+            `divergence="jsd"`.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Both the student's and the teacher's logits are divided by it before the softmax.
+        loss_token_chunk_size (`int`, *optional*, defaults to `1024`):
+            Tokens per chunk of the streamed loss. Teacher and student logits exist only one chunk at a time, so the
+            memory of the loss scales with `loss_token_chunk_size × loss_vocab_chunk_size` rather than tokens × vocab.
+        loss_vocab_chunk_size (`int`, *optional*, defaults to `32768`):
+            Vocabulary entries per tile of the streamed loss.
+        aligned_model_name_or_path (`str`, *optional*):
+            The aligned model B, when it is not passed to the trainer as `aligned_model`.
+        ref_model_name_or_path (`str`, *optional*):
+            The reference model A, when it is not passed as `ref_model`. By default A is a frozen copy of the student's
+            starting weights (or, for a PEFT student, the student with its adapter disabled).
+        teacher_model_init_kwargs (`dict[str, Any]`, *optional*):
+            Keyword arguments for `AutoModelForCausalLM.from_pretrained` when a teacher is given by name or path.
+            Defaults to `model_init_kwargs`.
+    """
+
+    realign_lambda: float = field(
+        default=1.5,
+        metadata={"help": "λ: teacher = softmax(λ·z_aligned + (1−λ)·z_ref). λ>1 extrapolates, λ<0 moves away."},
+    )
+    divergence: str = field(
+        default="reverse_kl",
+        metadata={"help": "Token-level divergence.", "choices": list(DIVERGENCES)},
+    )
+    beta: float = field(default=0.5, metadata={"help": "Generalised JSD weight (divergence='jsd' only)."})
+    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of student and teacher."})
+    loss_token_chunk_size: int = field(default=1024, metadata={"help": "Tokens per chunk of the streamed loss."})
+    loss_vocab_chunk_size: int = field(default=32768, metadata={"help": "Vocabulary entries per streamed tile."})
+    aligned_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The aligned model B (hub id or path)."}
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The reference model A (defaults to the student's starting weights)."}
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "from_pretrained kwargs for the teachers (defaults to model_init_kwargs)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        # The CLI passes numbers as strings; the checks below must see floats.
+        self.realign_lambda = float(self.realign_lambda)
+        if not math.isfinite(self.realign_lambda):
+            raise ValueError(
+                f"`realign_lambda` must be a finite number, got {self.realign_lambda}. "
+                "Pass a float such as 0.5, 2.0 or -0.5."
+            )
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"Unknown `divergence={self.divergence!r}`; choose one of {list(DIVERGENCES)}.")
+        if self.divergence == "jsd" and not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"`beta` must lie in [0, 1] for divergence='jsd', got {self.beta}.")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"`temperature` must be a positive finite number, got {self.temperature}.")
+        if self.loss_token_chunk_size < 1 or self.loss_vocab_chunk_size < 1:
+            raise ValueError("`loss_token_chunk_size` and `loss_vocab_chunk_size` must be positive integers.")

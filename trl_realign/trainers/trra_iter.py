@@ -1,0 +1,66 @@
+"""TrRa-iter (arXiv 2506.12704 §3.1): realign A toward the previous round's result, several times."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+
+from transformers import PreTrainedModel
+
+from .trra_config import TrRaConfig
+from .trra_trainer import TrRaTrainer
+
+
+logger = logging.getLogger(__name__)
+
+
+def train_trra_iterations(
+    model: str | PreTrainedModel,
+    aligned_model: str | PreTrainedModel,
+    args: TrRaConfig,
+    num_iterations: int,
+    train_dataset,
+    processing_class=None,
+    eval_dataset=None,
+    **trainer_kwargs,
+) -> list[str]:
+    """
+    Run TrRa `num_iterations` times: iteration k trains a student from A with A as reference and the result of
+    iteration k−1 as the aligned model (iteration 1 uses `aligned_model`).
+
+    Each iteration writes its model to `{args.output_dir}/iter{k}` and logs under run name `{args.run_name}-iter{k}`.
+
+    Returns:
+        `list[str]`: the output folders, one per iteration; the last holds the final model.
+    """
+    if num_iterations < 1:
+        raise ValueError(f"`num_iterations` must be at least 1, got {num_iterations}.")
+    outputs = []
+    for k in range(1, num_iterations + 1):
+        output_dir = os.path.join(args.output_dir, f"iter{k}")
+        run_name = f"{args.run_name or os.path.basename(args.output_dir.rstrip('/'))}-iter{k}"
+        iteration_args = dataclasses.replace(args, output_dir=output_dir, run_name=run_name)
+        # Every iteration restarts from A's weights, so an in-memory A is copied rather than trained in place; the
+        # trainer's default reference is then a frozen copy of those same starting weights
+        student = model if isinstance(model, str) else copy.deepcopy(model)
+        trainer = TrRaTrainer(
+            model=student,
+            aligned_model=aligned_model,
+            args=iteration_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **trainer_kwargs,
+        )
+        logger.info("TrRa-iter %d/%d: λ=%s, aligned model = %s", k, num_iterations, args.realign_lambda,
+                    aligned_model if isinstance(aligned_model, str) else "in-memory model")
+        trainer.train()
+        trainer.save_model(output_dir)
+        if trainer.accelerator.is_main_process and trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(output_dir)
+        trainer.accelerator.wait_for_everyone()
+        outputs.append(output_dir)
+        aligned_model = output_dir
+    return outputs
