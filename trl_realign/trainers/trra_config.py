@@ -4,8 +4,9 @@ from typing import Any
 
 from trl import SFTConfig
 
+from ..losses import DIVERGENCES
 
-DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+
 
 
 @dataclass
@@ -30,11 +31,12 @@ class TrRaConfig(SFTConfig):
             `divergence="jsd"`.
         temperature (`float`, *optional*, defaults to `1.0`):
             Both the student's and the teacher's logits are divided by it before the softmax.
-        loss_token_chunk_size (`int`, *optional*, defaults to `1024`):
+        loss_token_chunk_size (`int`, *optional*, defaults to `256`):
             Tokens per chunk of the streamed loss. Teacher and student logits exist only one chunk at a time, so the
             memory of the loss scales with `loss_token_chunk_size × loss_vocab_chunk_size` rather than tokens × vocab.
-        loss_vocab_chunk_size (`int`, *optional*, defaults to `32768`):
-            Vocabulary entries per tile of the streamed loss.
+        loss_vocab_chunk_size (`int`, *optional*):
+            Vocabulary entries per tile. `None` (default) takes the whole vocabulary at once, so that every projection
+            is computed once; a smaller tile saves memory at the cost of recomputing the projections (three passes).
         aligned_model_name_or_path (`str`, *optional*):
             The aligned model B, when it is not passed to the trainer as `aligned_model`.
         ref_model_name_or_path (`str`, *optional*):
@@ -55,8 +57,10 @@ class TrRaConfig(SFTConfig):
     )
     beta: float = field(default=0.5, metadata={"help": "Generalised JSD weight (divergence='jsd' only)."})
     temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of student and teacher."})
-    loss_token_chunk_size: int = field(default=1024, metadata={"help": "Tokens per chunk of the streamed loss."})
-    loss_vocab_chunk_size: int = field(default=32768, metadata={"help": "Vocabulary entries per streamed tile."})
+    loss_token_chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk of the streamed loss."})
+    loss_vocab_chunk_size: int | None = field(
+        default=None, metadata={"help": "Vocabulary entries per tile of the streamed loss (default: all at once)."}
+    )
     aligned_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The aligned model B (hub id or path)."}
     )
@@ -82,5 +86,8 @@ class TrRaConfig(SFTConfig):
             raise ValueError(f"`beta` must lie in [0, 1] for divergence='jsd', got {self.beta}.")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"`temperature` must be a positive finite number, got {self.temperature}.")
-        if self.loss_token_chunk_size < 1 or self.loss_vocab_chunk_size < 1:
-            raise ValueError("`loss_token_chunk_size` and `loss_vocab_chunk_size` must be positive integers.")
+        if self.loss_token_chunk_size < 1 or (self.loss_vocab_chunk_size is not None and self.loss_vocab_chunk_size < 1):
+            raise ValueError(
+                "`loss_token_chunk_size` and `loss_vocab_chunk_size` must be positive integers "
+                "(leave `loss_vocab_chunk_size` unset to take the whole vocabulary at once)."
+            )

@@ -221,7 +221,7 @@ class TrRaTrainer(SFTTrainer):
                     teachers.append(TeacherHead(hidden, head.weight, head.bias, 1.0 - lam))
 
         head = student.get_output_embeddings()
-        divergence, student_entropy, teacher_entropy = streamed_realign_divergence(
+        out = streamed_realign_divergence(
             student_hidden,
             head.weight,
             head.bias,
@@ -238,16 +238,16 @@ class TrRaTrainer(SFTTrainer):
         # batch, so that accumulation and data parallelism reproduce one large batch. The clamp makes a batch with
         # no completion tokens a differentiable 0 instead of 0/0.
         denominator = num_tokens if num_items_in_batch is None else num_items_in_batch
-        loss = divergence.sum() / torch.as_tensor(denominator, device=divergence.device).clamp(min=1)
+        loss = out.loss / torch.as_tensor(denominator, device=out.loss.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
 
         stats = torch.stack(
             [
                 num_tokens.float(),
-                divergence.detach().sum(),
-                student_entropy.sum(),
-                teacher_entropy.sum(),
+                out.divergence.sum(),
+                out.student_entropy.sum(),
+                out.teacher_entropy.sum(),
                 torch.tensor(float(mask.shape[0]), device=mask.device),
             ]
         ).to(loss.device)

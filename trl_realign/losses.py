@@ -1,0 +1,329 @@
+"""
+Token-level realignment divergences (arXiv 2506.12704, Eq. 5–6), streamed from hidden states and output heads.
+
+The teacher of TrRa is `softmax(λ·z_B + (1−λ)·z_A)`. Both teacher heads are linear, so the mixture is one "virtual"
+linear head: `λ(W_B h_B + b_B) + (1−λ)(W_A h_A + b_A)`. [`streamed_realign_divergence`] evaluates it, the student's
+head and the divergence one chunk of tokens at a time, so the `[tokens × vocab]` logits of the student and of the
+teachers never exist in full (vocab 151,936 for Qwen). It computes the student's gradients during the forward, while
+the chunk's logits are at hand, so that no projection has to be recomputed in the backward: five vocabulary-sized
+matrix products per token (student, two teachers, two gradients), as many as the naive full-logit loss.
+
+Why not TRL's `trl.kernels.chunked_divergence.ChunkedDivergenceFunction`: it takes one teacher head, so the fused
+teacher would need a concatenated `[V, 2H]` weight copy (1.9 GB in fp32 for a 1.5B Qwen), it cannot restrict the
+loss to the rows the tokenizer produces under ZeRO-3 (a slice of a sharded weight cannot be gathered), and its
+backward recomputes every projection (eight products instead of five). Its ZeRO-3 gather helper is reused.
+
+[`naive_realign_divergence`] is the full-logit reference, for tests and benchmarks only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from trl.trainer.utils import maybe_gather_lm_head_ctx  # private: pinned by trl<1.17 in pyproject.toml
+
+
+DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+
+
+class TeacherHead(NamedTuple):
+    """One term `coef · (hidden @ weight.T + bias)` of the fused teacher logits. `hidden` is `[tokens, hidden_size]`."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    coef: float
+
+
+class RealignDivergenceOutput(NamedTuple):
+    """
+    loss: the divergence summed over tokens (a scalar, differentiable with respect to the student's hidden states
+        and head); the caller normalises it.
+    divergence, student_entropy, teacher_entropy: `[tokens]`, detached, in nats (for logging).
+    """
+
+    loss: torch.Tensor
+    divergence: torch.Tensor
+    student_entropy: torch.Tensor
+    teacher_entropy: torch.Tensor
+
+
+def divergence_beta(divergence: str, beta: float = 0.5) -> float:
+    """TRL's generalised-JSD weight for `divergence`: 1 is KL(student ‖ teacher), 0 is KL(teacher ‖ student)."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}.")
+    if divergence == "reverse_kl":
+        return 1.0
+    if divergence == "forward_kl":
+        return 0.0
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"`beta` must lie in [0, 1] for divergence='jsd', got {beta}.")
+    return float(beta)
+
+
+def realign_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, realign_lambda) -> torch.Tensor:
+    """`λ·z_aligned + (1−λ)·z_ref`: the realigned logits of Eq. 5. λ is a float or broadcasts against the logits."""
+    return realign_lambda * aligned_logits + (1 - realign_lambda) * ref_logits
+
+
+# ---------------------------------------------------------------------------------------------------- per-chunk math
+
+
+def _token_divergence(log_ps, log_pt, beta: float, ps=None, pt=None):
+    """Per-token divergence, and the per-token term the student's gradient needs (see `_logit_grad`)."""
+    ps = log_ps.exp() if ps is None else ps
+    if beta == 1.0:
+        kl = (ps * (log_ps - log_pt)).sum(-1)
+        return kl, kl
+    pt = log_pt.exp() if pt is None else pt
+    if beta == 0.0:
+        return (pt * (log_pt - log_ps)).sum(-1), None
+    log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
+    kl_student = (ps * (log_ps - log_m)).sum(-1)
+    kl_teacher = (pt * (log_pt - log_m)).sum(-1)
+    return beta * kl_teacher + (1 - beta) * kl_student, kl_student
+
+
+def _logit_grad(log_ps, log_pt, aux, beta: float, inv_t: float, ps=None) -> torch.Tensor:
+    """
+    d divergence / d student logits (before temperature), for one tile of the vocabulary.
+
+    With g = ∂D/∂p_s, the softmax gives ∂D/∂z = p_s ⊙ (g − ⟨p_s, g⟩) / T:
+    reverse KL: p_s ⊙ (log p_s − log p_t − KL); forward KL: p_s − p_t; generalised JSD with m = (1−β)p_s + βp_t:
+    (1−β) p_s ⊙ (log p_s − log m − KL(p_s ‖ m)).
+    """
+    ps = log_ps.exp() if ps is None else ps
+    if beta == 1.0:
+        grad = (log_ps - log_pt).sub_(aux.unsqueeze(-1)).mul_(ps)
+    elif beta == 0.0:
+        grad = ps - log_pt.exp()
+    else:
+        log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
+        grad = (log_ps - log_m).sub_(aux.unsqueeze(-1)).mul_(ps).mul_(1 - beta)
+    return grad.mul_(inv_t) if inv_t != 1.0 else grad
+
+
+def _linear_fp32(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # The product the model's own `lm_head` computes (in its dtype), then fp32 for the softmax, as HF models upcast
+    return F.linear(hidden, weight, bias).float()
+
+
+def _accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """`out += a @ b`, in place when the dtypes allow (fp32 models), through a temporary otherwise (bf16)."""
+    if out.dtype == a.dtype == b.dtype:
+        out.addmm_(a, b)
+    else:
+        out += (a @ b).to(out.dtype)
+
+
+class _Tiles:
+    """Student and fused-teacher logits (divided by T) of one token chunk, one vocabulary tile at a time."""
+
+    def __init__(self, h_s, w_s, b_s, teachers, vocab_size, vocab_chunk_size, inv_t):
+        self.h_s, self.w_s, self.b_s, self.teachers, self.inv_t = h_s, w_s, b_s, teachers, inv_t
+        self.bounds = [(s, min(s + vocab_chunk_size, vocab_size)) for s in range(0, vocab_size, vocab_chunk_size)]
+        self._normalised = None
+
+    def logits(self):
+        for start, end in self.bounds:
+            z_s = _linear_fp32(self.h_s, self.w_s[start:end], None if self.b_s is None else self.b_s[start:end])
+            z_t = None
+            for head in self.teachers:
+                bias = None if head.bias is None else head.bias[start:end]
+                term = _linear_fp32(head.hidden, head.weight[start:end], bias)
+                # coef 1 is left as is, so λ=0 with student = reference gives bitwise-equal logits (loss exactly 0)
+                term = term if head.coef == 1.0 else term.mul_(head.coef)
+                z_t = term if z_t is None else z_t.add_(term)
+            if self.inv_t != 1.0:
+                z_s.mul_(self.inv_t)
+                z_t.mul_(self.inv_t)
+            yield start, end, z_s, z_t
+
+    def log_probs(self, lse_s, lse_t):
+        # With one tile the normalised tile is kept for the next pass: nothing is recomputed
+        if self._normalised is not None:
+            yield self._normalised
+            return
+        for start, end, z_s, z_t in self.logits():
+            tile = (start, end, z_s.sub_(lse_s.unsqueeze(-1)), z_t.sub_(lse_t.unsqueeze(-1)))
+            if len(self.bounds) == 1:
+                self._normalised = tile
+            yield tile
+
+
+class _StreamedRealignDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student_hidden, student_weight, student_bias, teachers, options):
+        vocab_size, beta, temperature, token_chunk, vocab_chunk, needs_grad = options
+        inv_t = 1.0 / temperature
+        n_tokens, device = student_hidden.shape[0], student_hidden.device
+        divergence = torch.zeros(n_tokens, device=device, dtype=torch.float32)
+        student_entropy, teacher_entropy = torch.zeros_like(divergence), torch.zeros_like(divergence)
+        want_h, want_w, want_b = needs_grad
+        grad_h = torch.zeros(student_hidden.shape, device=device, dtype=torch.float32) if want_h else None
+        grad_w = grad_b = None
+
+        teacher_params = [p for t in teachers for p in (t.weight, t.bias)]
+        with maybe_gather_lm_head_ctx(student_weight, student_bias, *teacher_params):
+            if want_w:
+                grad_w = torch.zeros(student_weight.shape, device=device, dtype=torch.float32)
+            if want_b:
+                grad_b = torch.zeros(student_bias.shape, device=device, dtype=torch.float32)
+            for start in range(0, n_tokens, token_chunk):
+                rows = slice(start, min(start + token_chunk, n_tokens))
+                h_s = student_hidden[rows]
+                chunk_teachers = [TeacherHead(t.hidden[rows], t.weight, t.bias, t.coef) for t in teachers]
+                tiles = _Tiles(h_s, student_weight, student_bias, chunk_teachers, vocab_size, vocab_chunk, inv_t)
+
+                # Pass 1: the normalisers of both distributions
+                lse_s = lse_t = None
+                for _, _, z_s, z_t in tiles.logits():
+                    s, t = z_s.logsumexp(-1), z_t.logsumexp(-1)
+                    lse_s = s if lse_s is None else torch.logaddexp(lse_s, s)
+                    lse_t = t if lse_t is None else torch.logaddexp(lse_t, t)
+                    if len(tiles.bounds) == 1:
+                        tiles._normalised = (0, vocab_size, z_s.sub_(lse_s.unsqueeze(-1)), z_t.sub_(lse_t.unsqueeze(-1)))
+
+                # Pass 2: divergence, entropies, and the per-token term of the gradient
+                div, aux, ent_s, ent_t = 0.0, None, 0.0, 0.0
+                kept_ps = None
+                for _, _, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
+                    ps, pt = log_ps.exp(), log_pt.exp()
+                    d, a = _token_divergence(log_ps, log_pt, beta, ps, pt)
+                    div = div + d
+                    aux = a if aux is None else (aux if a is None else aux + a)
+                    ent_s = ent_s - (ps * log_ps).sum(-1)
+                    ent_t = ent_t - (pt * log_pt).sum(-1)
+                    del pt
+                    kept_ps = ps if len(tiles.bounds) == 1 else None
+                divergence[rows], student_entropy[rows], teacher_entropy[rows] = div, ent_s, ent_t
+
+                if any(needs_grad):
+                    # Pass 3: the student's gradients, while the chunk's hidden states and head are at hand
+                    h_w = h_s.to(student_weight.dtype)
+                    for tile_start, tile_end, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
+                        dz = _logit_grad(log_ps, log_pt, aux, beta, inv_t, ps=kept_ps)
+                        kept_ps = None
+                        if grad_b is not None:
+                            grad_b[tile_start:tile_end] += dz.sum(0)
+                        dz = dz.to(student_weight.dtype)
+                        if grad_h is not None:
+                            _accumulate(grad_h[rows], dz, student_weight[tile_start:tile_end])
+                        if grad_w is not None:
+                            _accumulate(grad_w[tile_start:tile_end], dz.t(), h_w)
+                del tiles
+
+        ctx.grads = (
+            None if grad_h is None else grad_h.to(student_hidden.dtype),
+            None if grad_w is None else grad_w.to(student_weight.dtype),
+            None if grad_b is None else grad_b.to(student_bias.dtype),
+        )
+        ctx.mark_non_differentiable(divergence, student_entropy, teacher_entropy)
+        return divergence.sum(), divergence, student_entropy, teacher_entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        # The gradients were computed in the forward for the summed loss: scale them by the upstream scalar
+        grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads)
+        ctx.grads = None
+        return (*grads, None, None)
+
+
+def streamed_realign_divergence(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    student_bias: torch.Tensor | None,
+    teachers: list[TeacherHead],
+    *,
+    vocab_size: int | None = None,
+    divergence: str = "reverse_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    token_chunk_size: int = 256,
+    vocab_chunk_size: int | None = None,
+) -> RealignDivergenceOutput:
+    r"""
+    Divergence between the student `softmax(W_s h_s + b_s)` and the fused teacher
+    `softmax(Σ_k coef_k (W_k h_k + b_k))`, summed over tokens, without materialising `[tokens × vocab]` logits.
+
+    For TrRa the teachers are `TeacherHead(h_B, W_B, b_B, λ)` and `TeacherHead(h_A, W_A, b_A, 1 − λ)`; a head with
+    coefficient 0 may be left out.
+
+    Args:
+        student_hidden (`torch.Tensor` of shape `[tokens, hidden]`):
+            The student's last hidden states at the scored positions (already masked and shifted).
+        student_weight, student_bias:
+            The student's output head (`lm_head.weight`, `lm_head.bias` or `None`). May be ZeRO-3 sharded.
+        teachers (`list[TeacherHead]`):
+            Terms of the fused teacher, each with hidden states for the same tokens. No gradient flows to them.
+        vocab_size (`int`, *optional*):
+            Only the first `vocab_size` rows of every head are scored: the tokens the tokenizer can produce. Heads
+            padded to different sizes (151,936 vs 152,064 rows for Qwen) then mix. Defaults to the student's rows.
+        divergence (`str`):
+            `"reverse_kl"` KL(student ‖ teacher) (the paper's Eq. 6), `"forward_kl"` KL(teacher ‖ student), or `"jsd"`,
+            the generalised Jensen–Shannon divergence of TRL's GKD with weight `beta`.
+        temperature (`float`): divides every logit.
+        token_chunk_size (`int`): tokens per chunk; peak memory grows with `token_chunk_size × vocab_chunk_size`.
+        vocab_chunk_size (`int`, *optional*):
+            Vocabulary tile. `None` (default) takes the whole vocabulary in one tile: each product is computed once.
+            Smaller tiles use less memory but recompute the projections in three passes over the tiles.
+
+    Returns:
+        [`RealignDivergenceOutput`]: the summed loss (differentiable with respect to the student) and detached
+        per-token divergence and entropies.
+    """
+    beta = divergence_beta(divergence, beta)
+    if not teachers:
+        raise ValueError("`teachers` is empty: pass at least one `TeacherHead`.")
+    if student_hidden.dim() != 2:
+        raise ValueError(f"`student_hidden` must be [tokens, hidden], got shape {tuple(student_hidden.shape)}.")
+    for head in teachers:
+        if head.hidden.shape[0] != student_hidden.shape[0]:
+            raise ValueError(
+                f"A teacher has hidden states for {head.hidden.shape[0]} tokens, the student for "
+                f"{student_hidden.shape[0]}: both must be taken at the same positions."
+            )
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"`temperature` must be a positive finite number, got {temperature}.")
+    rows = getattr(student_weight, "ds_shape", student_weight.shape)[0]
+    vocab_size = rows if vocab_size is None else int(vocab_size)
+    if token_chunk_size < 1 or (vocab_chunk_size is not None and vocab_chunk_size < 1):
+        raise ValueError("`token_chunk_size` and `vocab_chunk_size` must be positive integers (or None for the vocab).")
+    vocab_chunk_size = vocab_size if vocab_chunk_size is None else min(int(vocab_chunk_size), vocab_size)
+
+    grad_on = torch.is_grad_enabled()
+    needs_grad = (
+        grad_on and student_hidden.requires_grad,
+        grad_on and student_weight.requires_grad,
+        grad_on and student_bias is not None and student_bias.requires_grad,
+    )
+    options = (vocab_size, beta, float(temperature), int(token_chunk_size), vocab_chunk_size, needs_grad)
+    if student_hidden.shape[0] == 0:
+        zero = student_hidden.sum() * 0.0 + student_weight.sum() * 0.0 if any(needs_grad) else student_hidden.new_zeros(())
+        empty = student_hidden.new_zeros(0, dtype=torch.float32)
+        return RealignDivergenceOutput(zero.float(), empty, empty, empty)
+    loss, div, ent_s, ent_t = _StreamedRealignDivergence.apply(
+        student_hidden, student_weight, student_bias, tuple(teachers), options
+    )
+    return RealignDivergenceOutput(loss, div, ent_s, ent_t)
+
+
+def naive_realign_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    divergence: str = "reverse_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """
+    Per-token divergence from full `[..., vocab]` logits (the fused teacher's, e.g. from [`realign_logits`]). The
+    reference for tests and benchmarks: it materialises everything, and autograd differentiates it.
+    """
+    beta = divergence_beta(divergence, beta)
+    log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return _token_divergence(log_ps, log_pt, beta)[0]
