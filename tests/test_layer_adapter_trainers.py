@@ -1,0 +1,238 @@
+import copy
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from trl.experimental.gkd import GKDTrainer
+
+from trl_realign.modeling import bypass_layer_adapter, expand_model, num_layer_adapters
+from trl_realign.testing import tiny_causal_lm
+from trl_realign.trainers.layer_adapter_dpo_config import LayerAdapterDPOConfig
+from trl_realign.trainers.layer_adapter_dpo_trainer import LayerAdapterDPOTrainer
+from trl_realign.trainers.layer_adapter_sft_config import LayerAdapterSFTConfig
+from trl_realign.trainers.layer_adapter_sft_trainer import LayerAdapterSFTTrainer
+from trl_realign.trainers.layer_adapter_trra_config import LayerAdapterTrRaConfig
+from trl_realign.trainers.layer_adapter_trra_trainer import LayerAdapterTrRaTrainer
+
+
+PROMPTS = ["12+7=", "3+45=", "60+1=", "9+9=", "14+22=", "5+0=", "31+8=", "2+76="]
+
+
+def sft_dataset():
+    return Dataset.from_list([{"prompt": p, "completion": str(eval(p[:-1]))} for p in PROMPTS])
+
+
+def dpo_dataset():
+    return Dataset.from_list(
+        [{"prompt": p, "chosen": str(eval(p[:-1])), "rejected": str(eval(p[:-1]) + 3)} for p in PROMPTS]
+    )
+
+
+def common(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=5e-2,
+        max_steps=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        dataloader_drop_last=True,
+    )
+    defaults.update(kwargs)
+    return defaults
+
+
+def base_model(tokenizer, family="qwen2", **kwargs):
+    return tiny_causal_lm(family, vocab_size=len(tokenizer), **kwargs)
+
+
+def assert_base_unchanged(trained, base, num_adapters):
+    """Every original tensor bitwise equal (shifted by the adapter layers); returns the adapter's changed tensors."""
+    with torch.no_grad():
+        trained_state = trained.state_dict()
+    base_state = base.state_dict()
+    for name, value in base_state.items():
+        new_name = name
+        if name.startswith("model.layers."):
+            index = int(name.split(".")[2])
+            new_name = name.replace(f"model.layers.{index}.", f"model.layers.{index + num_adapters}.", 1)
+        assert torch.equal(trained_state[new_name], value), f"{new_name} changed"
+
+
+def adapter_changed(trained, expanded_before, num_adapters):
+    prefixes = tuple(f"model.layers.{i}." for i in range(num_adapters))
+    before = {k: v for k, v in expanded_before.state_dict().items() if k.startswith(prefixes)}
+    after = trained.state_dict()
+    return [k for k, v in before.items() if not torch.equal(after[k], v)]
+
+
+def expanded_copy(base, num_adapters=1):
+    from trl_realign.modeling import add_layer_adapter
+
+    return add_layer_adapter(copy.deepcopy(base), num_adapters=num_adapters)
+
+
+@pytest.mark.parametrize("source,num_adapters,tie", [("model", 1, True), ("checkpoint", 2, False)])
+def test_sft_trains_only_the_adapter_and_round_trips(tmp_path, tokenizer, caplog, source, num_adapters, tie):
+    base = base_model(tokenizer, tie_word_embeddings=tie)
+    if source == "checkpoint":
+        model = expand_model(base, str(tmp_path / "expanded"), num_adapters=num_adapters, tokenizer=tokenizer)
+    else:
+        model = copy.deepcopy(base)
+    args = LayerAdapterSFTConfig(**common(tmp_path, num_adapters=num_adapters))
+    with caplog.at_level(logging.INFO, logger="trl_realign"):
+        trainer = LayerAdapterSFTTrainer(model, args=args, train_dataset=sft_dataset(), processing_class=tokenizer)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    per_layer = sum(p.numel() for p in base.model.layers[0].parameters())
+    assert trainable == num_adapters * per_layer
+    assert f"training {num_adapters} adapter layer(s)" in caplog.text and f"{trainable} trainable" in caplog.text
+    # The adapter options are config fields, so they reach every logger (wandb, ...) with the rest of the config
+    logged = trainer.args.to_dict()
+    assert logged["num_adapters"] == num_adapters and logged["adapter_init"] == "identity"
+    assert logged["adapter_lora"] is False and "o_proj" in logged["adapter_lora_target_modules"]
+
+    trainer.train()
+
+    model = trainer.model
+    assert_base_unchanged(model, base, num_adapters)
+    assert adapter_changed(model, expanded_copy(base, num_adapters), num_adapters)
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "saved"))
+    assert num_layer_adapters(loaded.config) == num_adapters
+    saved_state, state = loaded.state_dict(), model.state_dict()
+    assert saved_state.keys() == state.keys()
+    assert all(torch.equal(saved_state[k], state[k]) for k in state)
+
+
+def test_lora_on_adapter_keeps_every_base_weight(tmp_path, tokenizer):
+    base = base_model(tokenizer)
+    args = LayerAdapterSFTConfig(**common(tmp_path, adapter_lora=True, adapter_lora_r=4))
+    trainer = LayerAdapterSFTTrainer(
+        copy.deepcopy(base), args=args, train_dataset=sft_dataset(), processing_class=tokenizer
+    )
+    lora_names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert lora_names and all("lora_" in n and ".layers.0." in n for n in lora_names)
+    assert any(".o_proj.lora_B" in n for n in lora_names) and any(".down_proj.lora_B" in n for n in lora_names)
+    trainer.train()
+
+    merged = trainer.model.merge_and_unload()
+    # The adapter layer's own weights are frozen too: only the LoRA update moved it
+    expanded = expanded_copy(base)
+    assert_base_unchanged(merged, base, 1)
+    changed = adapter_changed(merged, expanded, 1)
+    assert "model.layers.0.self_attn.o_proj.weight" in changed and "model.layers.0.mlp.down_proj.weight" in changed
+
+
+def test_lora_without_residual_writers_is_refused(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match=r"lacks \['down_proj'\]"):
+        LayerAdapterSFTConfig(**common(tmp_path, adapter_lora=True, adapter_lora_target_modules=["q_proj", "o_proj"]))
+    args = LayerAdapterSFTConfig(**common(tmp_path))
+    model = base_model(tokenizer)
+    with pytest.raises(ValueError, match=r"lacks \['o_proj', 'down_proj'\]"):
+        LayerAdapterSFTTrainer(model, args=args, train_dataset=sft_dataset(), processing_class=tokenizer,
+                               peft_config=LoraConfig(target_modules=["q_proj", "v_proj"]))
+    with pytest.raises(ValueError, match="only touch the adapter layers"):
+        LayerAdapterSFTTrainer(base_model(tokenizer), args=args, train_dataset=sft_dataset(), processing_class=tokenizer,
+                               peft_config=LoraConfig(target_modules=["o_proj", "down_proj"], layers_to_transform=[1],
+                                                      layers_pattern="layers"))
+
+
+def test_bad_setups_are_refused_before_training(tmp_path, tokenizer):
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(tokenizer)))
+    with pytest.raises(ValueError, match="llama, mistral, qwen2, qwen3"):
+        LayerAdapterSFTTrainer(gpt2, args=LayerAdapterSFTConfig(**common(tmp_path)), train_dataset=sft_dataset())
+    expanded = expanded_copy(base_model(tokenizer), num_adapters=2)
+    with pytest.raises(ValueError, match="already expanded with 2"):
+        LayerAdapterSFTTrainer(expanded, args=LayerAdapterSFTConfig(**common(tmp_path)), train_dataset=sft_dataset())
+    with pytest.raises(ValueError, match="sync_ref_model"):
+        LayerAdapterDPOConfig(**common(tmp_path, sync_ref_model=True))
+    with pytest.raises(ValueError, match="takes no `ref_model`"):
+        LayerAdapterDPOTrainer(base_model(tokenizer), ref_model=base_model(tokenizer), train_dataset=dpo_dataset())
+    with pytest.raises(ValueError, match="ref_model_name_or_path"):
+        LayerAdapterTrRaConfig(**common(tmp_path, ref_model_name_or_path="some/model"))
+    with pytest.raises(ValueError, match="adapter_init"):
+        LayerAdapterSFTConfig(**common(tmp_path, adapter_init="zeros"))
+
+
+def naive_sequence_logps(model, batch):
+    """Sum of the completion tokens' log-probs from full logits."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (logps * batch["completion_mask"][:, 1:]).sum(1)
+
+
+@pytest.mark.parametrize("source,precompute", [("model", False), ("checkpoint", True)])
+def test_dpo_reference_is_the_base_model(tmp_path, tokenizer, source, precompute):
+    base = base_model(tokenizer, family="llama")
+    model = copy.deepcopy(base) if source == "model" else expand_model(base, str(tmp_path / "exp"), tokenizer=tokenizer)
+    args = LayerAdapterDPOConfig(**common(tmp_path, beta=0.5, precompute_ref_log_probs=precompute))
+    trainer = LayerAdapterDPOTrainer(model, args=args, train_dataset=dpo_dataset(), processing_class=tokenizer)
+    # No second model: the reference owns no parameters and shares the policy's weights
+    assert not list(trainer.ref_model.parameters())
+    trainer.train()
+    assert_base_unchanged(trainer.model, base, 1)
+    assert adapter_changed(trainer.model, expanded_copy(base), 1)
+
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    base_logps = naive_sequence_logps(base, batch)
+    ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
+    torch.testing.assert_close(torch.cat([ref_chosen, ref_rejected]), base_logps, rtol=1e-5, atol=1e-5)
+    # The trained policy differs from the reference, and the loss TRL computes uses the base model as reference
+    policy_logps = naive_sequence_logps(trainer.model, batch)
+    assert not torch.allclose(policy_logps, base_logps, atol=1e-3)
+    chosen, rejected = (policy_logps - base_logps).chunk(2)
+    expected = -F.logsigmoid(0.5 * (chosen - rejected)).mean()
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dpo_with_lora_on_adapter(tmp_path, tokenizer):
+    base = base_model(tokenizer)
+    args = LayerAdapterDPOConfig(**common(tmp_path, adapter_lora=True, adapter_lora_r=4))
+    trainer = LayerAdapterDPOTrainer(copy.deepcopy(base), args=args, train_dataset=dpo_dataset(), processing_class=tokenizer)
+    trainer.train()
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
+    torch.testing.assert_close(torch.cat([ref_chosen, ref_rejected]), naive_sequence_logps(base, batch), rtol=1e-5, atol=1e-5)
+    merged = trainer.model.merge_and_unload()
+    assert_base_unchanged(merged, base, 1)
+    assert adapter_changed(merged, expanded_copy(base), 1)
+
+
+def test_trra_reference_is_the_base_model(tmp_path, tokenizer):
+    base = base_model(tokenizer)
+    aligned = base_model(tokenizer, seed=1)
+    lam = 0.5
+    args = LayerAdapterTrRaConfig(**common(tmp_path, realign_lambda=lam))
+    trainer = LayerAdapterTrRaTrainer(
+        copy.deepcopy(base), aligned_model=aligned, args=args, train_dataset=sft_dataset(), processing_class=tokenizer
+    )
+    assert not list(trainer.ref_model.parameters())
+    trainer.train()
+    assert_base_unchanged(trainer.model, base, 1)
+    assert adapter_changed(trainer.model, expanded_copy(base), 1)
+
+    # The trainer's loss equals the full-logit TrRa loss whose reference A is the original (un-expanded) model
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        z_a = base(**kwargs).logits[:, :-1]
+        z_b = aligned(**kwargs).logits[:, :-1]
+        z_s = trainer.model(**kwargs).logits[:, :-1]
+        with bypass_layer_adapter(trainer.model):
+            torch.testing.assert_close(trainer.model(**kwargs).logits[:, :-1], z_a, rtol=0, atol=1e-6)
+        expected = GKDTrainer.generalized_jsd_loss(z_s, lam * z_b + (1 - lam) * z_a, labels=batch["labels"][:, 1:], beta=1.0)
+        loss = trainer.compute_loss(trainer.model, batch)
+    assert not torch.allclose(z_s, z_a, atol=1e-4)  # the adapter moved the student away from A
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)

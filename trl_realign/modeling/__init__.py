@@ -1,0 +1,10 @@
+from .adapter import (
+    add_layer_adapter,
+    adapter_parameter_names,
+    bypass_layer_adapter,
+    expand_model,
+    freeze_all_but_adapter,
+    get_layer_adapter_config,
+    mark_layer_adapter,
+    num_layer_adapters,
+)

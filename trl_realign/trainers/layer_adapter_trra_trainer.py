@@ -1,0 +1,76 @@
+"""TrRa of the layer adapter only (arXiv 2506.12704, §3.3): the reference A is the model with its adapter skipped."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedModel
+
+from .layer_adapter import (
+    AdapterBypassedModel,
+    log_adapter_setup,
+    prepare_layer_adapter_model,
+    resolve_adapter_args,
+)
+from .layer_adapter_trra_config import LayerAdapterTrRaConfig
+from .trra_trainer import TrRaTrainer
+
+
+class LayerAdapterTrRaTrainer(TrRaTrainer):
+    r"""
+    Trainer for training-time realignment of the layer adapter: the TrRa loss, with every original layer frozen.
+
+    The student is the expanded model. Its teacher is `softmax(λ·z_B + (1−λ)·z_A)`, where A is the student with its
+    adapter layers skipped (exactly the original model, sharing its weights: no copy) and B is the aligned model.
+
+    Args:
+        model (`str` or `PreTrainedModel`):
+            The reference model A as a base model (expanded with `args.num_adapters` identity adapter layers), or an
+            expanded model. A hub id or path is loaded with `args.model_init_kwargs`.
+        aligned_model (`str` or `PreTrainedModel`, *optional*):
+            The aligned model B. Defaults to `args.aligned_model_name_or_path`; one of the two is required.
+        args ([`LayerAdapterTrRaConfig`], *optional*):
+            Configuration; every [`TrRaConfig`] field applies except `ref_model_name_or_path`.
+        peft_config (`peft.LoraConfig`, *optional*):
+            LoRA on the adapter layers, instead of `args.adapter_lora`. Must target `o_proj` and `down_proj`.
+        train_dataset, eval_dataset, processing_class, **kwargs:
+            As in [`TrRaTrainer`].
+    """
+
+    _tag_names = ["trl", "trl-realign", "trra", "layer-adapter"]
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        aligned_model: str | PreTrainedModel | None = None,
+        args: LayerAdapterTrRaConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if "ref_model" in kwargs:
+            raise ValueError(
+                "LayerAdapterTrRaTrainer takes no `ref_model`: the reference A is the model with its adapter layers "
+                "skipped, which is exactly the original model. Remove the `ref_model` argument."
+            )
+        args = resolve_adapter_args(model, args, LayerAdapterTrRaConfig, "LayerAdapter-TrRa")
+        model, peft_config = prepare_layer_adapter_model(model, args, peft_config)
+        self._adapter_reference = AdapterBypassedModel(model)
+        super().__init__(
+            model,
+            ref_model=self._adapter_reference,
+            aligned_model=aligned_model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        log_adapter_setup(self.model)
+
+    def _prepare_teacher(self, model):
+        # The reference shares the student's weights, which the student's own wrapper already places and shards
+        if model is self._adapter_reference:
+            return model
+        return super()._prepare_teacher(model)
