@@ -1,0 +1,25 @@
+"""λ-sweep evaluation: sampling, answer checking, token counts, summary files, plot and wandb table."""
+
+from .data import build_prompts, load_eval_dataset
+from .generation import Completion, count_generated_tokens, generate_completions
+from .plots import plot_lambda_sweep
+from .scoring import SCORERS, exact_match_scorer, extract_boxed, get_scorer, math_verify_scorer
+from .lambda_sweep import EvalConfig, evaluate, summarize
+
+
+__all__ = [
+    "SCORERS",
+    "Completion",
+    "EvalConfig",
+    "build_prompts",
+    "count_generated_tokens",
+    "evaluate",
+    "exact_match_scorer",
+    "extract_boxed",
+    "generate_completions",
+    "get_scorer",
+    "load_eval_dataset",
+    "math_verify_scorer",
+    "plot_lambda_sweep",
+    "summarize",
+]
