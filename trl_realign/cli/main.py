@@ -1,8 +1,9 @@
-"""The `trl-realign` console script."""
+"""The `trl-realign` console script: one module per subcommand, each with a `run(argv)`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
@@ -14,37 +15,46 @@ def _quickstart(argv: list[str]) -> None:
     )
     parser.add_argument("--output_dir", default="quickstart_output", help="Where the table and models are written.")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 5.0], help="λ of the students.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Random seed of data, models and sampling.")
     args = parser.parse_args(argv)
     from ..quickstart import run_quickstart
 
     run_quickstart(output_dir=args.output_dir, lambdas=tuple(args.lambdas), seed=args.seed)
 
 
-def _trra(argv: list[str]) -> None:
-    from .trra import main, make_parser
-
-    parser = make_parser(prog="trl-realign trra")
-    main(*parser.parse_args_and_config(argv))
-
-
+# name -> (module under trl_realign.cli with a `run(argv)`, one-line help); modules are imported only when used,
+# so `trl-realign --help` stays fast
 COMMANDS = {
-    "quickstart": (_quickstart, "offline TrRa demo with a Table-1-style summary"),
-    "trra": (_trra, "training-time realignment from a YAML recipe (--config) or flags"),
+    "trra": ("trra", "training-time realignment (TrRa, TrRa-iter) from a YAML recipe (--config) or flags"),
+    "sft": ("sft", "layer-adapter SFT (InRa training): only the inserted bottom layer(s) learn"),
+    "dpo": ("dpo", "layer-adapter DPO; the reference is the model with its adapter bypassed"),
+    "expand": ("expand", "write an expanded checkpoint (L + n layers, identity adapter) for training under ZeRO-3"),
+    "generate": ("generate", "generate with an InRa model at one or several --realign_lambda"),
+    "eval": ("eval", "λ sweep evaluation: accuracy and generated tokens per λ, with plots"),
+    "sweep": ("sweep", "grid/random sweep over λ, β, learning rate (one wandb run per point), or a wandb sweep YAML"),
+    "prepare": ("prepare", "prepare OpenR1-Math / short-CoT / UltraFeedback data and write it to disk"),
+    "quickstart": (None, "offline TrRa demo with a Table-1-style summary"),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = "\n".join(f"  {name:<12}{help_}" for name, (_, help_) in COMMANDS.items())
-        message = f"usage: trl-realign <command> [options]\n\ncommands:\n{lines}\n"
+        message = (
+            f"usage: trl-realign <command> [options]\n\ncommands:\n{lines}\n\n"
+            "Every command takes --help. Training commands (trra, sft, dpo, sweep) read --config recipe.yaml and run "
+            "under `accelerate launch` when given launcher options, e.g. --num_processes 8 --accelerate_config zero3."
+        )
         if argv and argv[0] not in ("-h", "--help"):
             sys.exit(f"trl-realign: unknown command {argv[0]!r}\n\n{message}")
         print(message)
         return
-    command, _ = COMMANDS[argv[0]]
-    command(argv[1:])
+    module_name, _ = COMMANDS[argv[0]]
+    if module_name is None:
+        _quickstart(argv[1:])
+        return
+    importlib.import_module(f".{module_name}", __package__).run(argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,51 +1,55 @@
-"""`trl-realign trra`: training-time realignment from a YAML recipe or flags (TrlParser conventions)."""
+"""`trl-realign trra`: training-time realignment (TrRa, TrRa-iter) from a YAML recipe or flags."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 
 @dataclass
 class TrRaScriptArguments:
-    """Script options beyond `TrRaConfig`: which iterations of TrRa-iter to run."""
+    """Script options beyond `TrRaConfig`: how many iterations of TrRa-iter to run."""
 
     trra_iterations: int = field(
         default=1, metadata={"help": "TrRa-iter: number of iterations (each uses the last result as aligned model)."}
     )
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+def make_parser(subparsers=None, prog: str | None = None):
     from trl import ModelConfig, ScriptArguments, TrlParser
 
+    from ..data.prepare import DatasetPreparationArguments
     from ..trainers import TrRaConfig
+    from .launch import LAUNCHER_EPILOG
 
-    dataclass_types = (ScriptArguments, TrRaConfig, ModelConfig, TrRaScriptArguments)
+    dataclass_types = (ScriptArguments, TrRaConfig, ModelConfig, TrRaScriptArguments, DatasetPreparationArguments)
     if subparsers is not None:
         return subparsers.add_parser("trra", help="Training-time realignment (TrRa)", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+    return TrlParser(dataclass_types, prog=prog, description=__doc__, epilog=LAUNCHER_EPILOG)
 
 
-def main(script_args, training_args, model_args, trra_args):
-    from datasets import load_dataset
+def check(script_args, training_args, model_args, trra_args, preparation_args) -> None:
+    from .parsing import check_dataset_arg, check_model_arg
+
+    check_model_arg(model_args.model_name_or_path, "trra", "the reference model A")
+    if training_args.aligned_model_name_or_path is None:
+        raise ValueError("`trl-realign trra` needs the aligned model B: pass `--aligned_model_name_or_path`.")
+    check_model_arg(training_args.aligned_model_name_or_path, "trra", "the aligned model B")
+    check_dataset_arg(script_args.dataset_name, "trra")
+    if trra_args.trra_iterations < 1:
+        raise ValueError(f"`trra_iterations` must be at least 1, got {trra_args.trra_iterations}.")
+
+
+def main(script_args, training_args, model_args, trra_args, preparation_args=None):
     from trl import get_peft_config
 
+    from ..data.prepare import DatasetPreparationArguments
     from ..trainers import TrRaTrainer, train_trra_iterations
+    from .training import load_training_data, set_model_init_kwargs
 
-    if model_args.model_name_or_path is None:
-        raise ValueError("Pass the reference model A as `--model_name_or_path` (or `model_name_or_path:` in YAML).")
-    if script_args.dataset_name is None:
-        raise ValueError("Pass the training data as `--dataset_name` (a hub id or a local folder).")
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
-    dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
-    train_dataset = dataset[script_args.dataset_train_split]
-    eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
-
+    set_model_init_kwargs(training_args, model_args)
+    train_dataset, eval_dataset = load_training_data(
+        script_args, preparation_args or DatasetPreparationArguments(), training_args, model_args.model_name_or_path
+    )
     if trra_args.trra_iterations > 1:
         train_trra_iterations(
             model_args.model_name_or_path,
@@ -64,5 +68,11 @@ def main(script_args, training_args, model_args, trra_args):
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    trainer.save_model(training_args.output_dir)  # writes the tokenizer too
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+
+
+def run(argv: list[str]) -> None:
+    from .training import run_training_command
+
+    run_training_command("trra", make_parser(prog="trl-realign trra"), argv, check, main)

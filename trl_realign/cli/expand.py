@@ -1,0 +1,53 @@
+"""`trl-realign expand`: write an expanded checkpoint (L + n layers, identity-initialised adapter) to disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ExpandArguments:
+    """
+    Options of `trl-realign expand`. The output is a plain checkpoint that `AutoModelForCausalLM.from_pretrained`
+    loads without this package; train from it under DeepSpeed ZeRO-3, which shards weights at load time.
+    """
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Base model to expand (hub id or folder)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Folder of the expanded checkpoint."})
+    num_adapters: int = field(default=1, metadata={"help": "Adapter layers inserted below the original ones."})
+    init: str = field(
+        default="identity",
+        metadata={"help": "'identity': zeroed output projections (exact identity); 'kaiming': the paper's ablation.",
+                  "choices": ["identity", "kaiming"]},
+    )
+    dtype: str = field(default="auto", metadata={"help": "dtype to load and save the weights in ('auto' keeps them)."})
+    model_revision: str = field(default="main", metadata={"help": "Revision of the base model."})
+
+
+def make_parser(prog: str | None = "trl-realign expand"):
+    from trl import TrlParser
+
+    return TrlParser((ExpandArguments,), prog=prog, description=__doc__)
+
+
+def check(args: ExpandArguments) -> None:
+    from .parsing import check_model_arg
+
+    check_model_arg(args.model_name_or_path, "expand", "the base model")
+    if args.output_dir is None:
+        raise ValueError("`trl-realign expand` needs `--output_dir`, the folder of the expanded checkpoint.")
+    if args.num_adapters < 1:
+        raise ValueError(f"`num_adapters` must be at least 1, got {args.num_adapters}.")
+
+
+def run(argv: list[str]) -> None:
+    from ..modeling.adapter import expand_model
+    from .parsing import parse_command_line
+
+    (args,) = parse_command_line(make_parser(), "expand", argv, allow_launcher=False).args
+    check(args)
+    expand_model(
+        args.model_name_or_path, args.output_dir, num_adapters=args.num_adapters, init=args.init, dtype=args.dtype,
+        revision=args.model_revision,
+    )  # fmt: skip
+    print(f"Expanded checkpoint written to {args.output_dir}.")
