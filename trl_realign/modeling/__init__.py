@@ -8,3 +8,6 @@ from .adapter import (
     mark_layer_adapter,
     num_layer_adapters,
 )
+from .dera import DeRaCache, DeRaForCausalLM
+from .inra import InRaForCausalLM, read_adapter_config
+from .inra_cache import InRaCache
