@@ -1,0 +1,114 @@
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from trl_realign.data.arithmetic import (
+    ALIGNED_MIX,
+    arithmetic_dataset,
+    compact_solution,
+    extract_answer,
+    long_solution,
+    sample_problems,
+    score_answer,
+    short_solution,
+)
+
+
+@pytest.mark.parametrize("a,b", [(12, 79), (95, 87), (10, 10), (99, 99), (5, 123)])
+def test_long_trace_is_correct_column_addition(a, b):
+    trace = long_solution(a, b)
+    steps, answer = trace.split("|")[:-1], trace.split("|")[-1]
+    assert answer == f"Answer: {a + b}"
+    digits, carry = [], 0
+    for i, step in enumerate(steps):
+        terms, rest = step.split("=")
+        total, written, next_carry = rest.split(" ")
+        values = [int(t) for t in terms.split("+")]
+        # column i of each number (0 when it has fewer digits), plus the incoming carry when there is one
+        expected = [int(str(a)[::-1][i]) if i < len(str(a)) else 0, int(str(b)[::-1][i]) if i < len(str(b)) else 0]
+        assert values == expected + ([carry] if carry else [])
+        assert int(total) == sum(values) and written == f"w{sum(values) % 10}" and next_carry == f"c{sum(values) // 10}"
+        digits.append(sum(values) % 10)
+        carry = sum(values) // 10
+    assert int((str(carry) if carry else "") + "".join(map(str, reversed(digits)))) == a + b
+    assert compact_solution(a, b) == "|".join(s.split(" ")[0] for s in steps) + f"|Answer: {a + b}"
+    assert short_solution(a, b) == f"Answer: {a + b}"
+    assert len(short_solution(a, b)) < len(compact_solution(a, b)) < len(trace)
+
+
+def test_answers_are_extracted_and_scored():
+    assert extract_answer("7+8=15|Answer: 115") == "115"
+    assert extract_answer("Answer:  -3 and Answer: 4") == "-3"
+    assert extract_answer("7+8=15|Answ") is None
+    assert score_answer(long_solution(95, 87), "182") == 1.0
+    assert score_answer("Answer: 181", "182") == 0.0
+    assert score_answer("no answer", "182") == 0.0
+
+
+def test_problems_are_distinct_reproducible_and_respect_exclusions():
+    train = sample_problems(500, seed=0)
+    assert len(set(train)) == 500 and train == sample_problems(500, seed=0)
+    assert all(10 <= x <= 99 for pair in train for x in pair)
+    test = sample_problems(100, seed=1, exclude=set(train))
+    assert not set(test) & set(train)
+    with pytest.raises(ValueError, match="distinct"):
+        sample_problems(82, num_digits=1)
+
+
+def test_dataset_styles():
+    problems = sample_problems(2000, seed=3)
+    aligned = arithmetic_dataset(problems, "aligned", seed=0)
+    counts = Counter(aligned["style"])
+    assert set(counts) == set(ALIGNED_MIX)
+    assert abs(counts["short"] / len(problems) - ALIGNED_MIX["short"]) < 0.04
+    mixed = Counter(arithmetic_dataset(problems, "mixed", seed=0)["style"])
+    assert set(mixed) == {"long", "compact", "short"} and min(mixed.values()) > 550
+    row = arithmetic_dataset([(12, 79)], "long")[0]
+    assert row == {"prompt": "12+79=", "completion": long_solution(12, 79), "answer": "91", "style": "long"}
+    for row in aligned.select(range(50)):
+        assert score_answer(row["completion"], row["answer"]) == 1.0
+    with pytest.raises(ValueError, match="Unknown style"):
+        arithmetic_dataset(problems, "verbose")
+
+
+def test_quickstart_end_to_end_with_tiny_budgets(tmp_path, capsys):
+    from trl_realign.quickstart import QuickstartSettings, run_quickstart
+
+    settings = QuickstartSettings(
+        num_train_problems=64, num_test_problems=6, hidden_size=32, reference_steps=3, aligned_steps=2,
+        student_steps=2, adapter_steps=2, batch_size=16, num_samples=1, max_new_tokens=12,
+        inra_lambdas=(-0.5, 0.0, 1.0),
+    )
+    out = tmp_path / "qs"
+    tables = run_quickstart(str(out), lambdas=(0.5, 2.0), seed=0, settings=settings)
+    printed = capsys.readouterr().out
+    assert "TrRa on column addition" in printed and "InRa" in printed
+
+    table = json.loads((out / "table.json").read_text())
+    assert [row["name"] for row in table["rows"]] == ["A", "TrRa λ=0.5", "TrRa λ=2", "B"]
+    assert table["rows"] == json.loads(json.dumps(tables["trra"]))
+    for row in table["rows"]:
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0 < row["mean_tokens"] <= 12
+        expected = None if row["name"] == "A" else 100 * (1 - row["mean_tokens"] / table["rows"][0]["mean_tokens"])
+        assert row["token_reduction"] == pytest.approx(expected) if expected is not None else row["token_reduction"] is None
+    # The table reports what the models generated: its numbers come from the evaluation's own samples
+    samples = [json.loads(line) for line in (out / "eval_trra" / "samples.jsonl").read_text().splitlines()]
+    for row in table["rows"]:
+        mine = [s for s in samples if s["model"] == row["model"]]
+        assert len(mine) == 6
+        assert row["mean_tokens"] == pytest.approx(sum(s["num_tokens"] for s in mine) / len(mine))
+        assert row["accuracy"] == pytest.approx(sum(s["score"] for s in mine) / len(mine))
+
+    inra = json.loads((out / "inra_table.json").read_text())
+    assert [row["realign_lambda"] for row in inra["rows"]] == [-0.5, 0.0, 1.0]
+    for name in ("eval_trra", "eval_inra"):
+        assert (out / name / "lambda_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"A_layer_adapter", str(list((out / "models").iterdir())))
+
+    # A second run reuses every cached model and gives the same tables
+    again = run_quickstart(str(out), lambdas=(0.5, 2.0), seed=0, settings=settings)
+    assert again["trra"] == tables["trra"]
+    with pytest.raises(ValueError, match="other settings"):
+        run_quickstart(str(out), lambdas=(0.5,), seed=1, settings=settings)
