@@ -2,7 +2,60 @@
 
 __version__ = "0.1.0"
 
-from .trainers import TrRaConfig, TrRaTrainer, train_trra_iterations
+from .evaluation import EvalConfig, evaluate
+from .losses import TeacherHead, naive_realign_divergence, realign_logits, streamed_realign_divergence
+from .modeling import (
+    DeRaForCausalLM,
+    InRaCache,
+    InRaForCausalLM,
+    add_layer_adapter,
+    bypass_layer_adapter,
+    expand_model,
+    get_layer_adapter_config,
+    mark_layer_adapter,
+    num_layer_adapters,
+)
+from .sweep import SweepConfig, run_sweep
+from .trainers import (
+    LayerAdapterArguments,
+    LayerAdapterDPOConfig,
+    LayerAdapterDPOTrainer,
+    LayerAdapterSFTConfig,
+    LayerAdapterSFTTrainer,
+    LayerAdapterTrRaConfig,
+    LayerAdapterTrRaTrainer,
+    TrRaConfig,
+    TrRaTrainer,
+    train_trra_iterations,
+)
 
 
-__all__ = ["TrRaConfig", "TrRaTrainer", "train_trra_iterations"]
+__all__ = [
+    "DeRaForCausalLM",
+    "EvalConfig",
+    "InRaCache",
+    "InRaForCausalLM",
+    "LayerAdapterArguments",
+    "LayerAdapterDPOConfig",
+    "LayerAdapterDPOTrainer",
+    "LayerAdapterSFTConfig",
+    "LayerAdapterSFTTrainer",
+    "LayerAdapterTrRaConfig",
+    "LayerAdapterTrRaTrainer",
+    "SweepConfig",
+    "TeacherHead",
+    "TrRaConfig",
+    "TrRaTrainer",
+    "add_layer_adapter",
+    "bypass_layer_adapter",
+    "evaluate",
+    "expand_model",
+    "get_layer_adapter_config",
+    "mark_layer_adapter",
+    "naive_realign_divergence",
+    "num_layer_adapters",
+    "realign_logits",
+    "run_sweep",
+    "streamed_realign_divergence",
+    "train_trra_iterations",
+]

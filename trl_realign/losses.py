@@ -120,38 +120,89 @@ def _accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 class _Tiles:
-    """Student and fused-teacher logits (divided by T) of one token chunk, one vocabulary tile at a time."""
+    """
+    Student and fused-teacher logits (divided by T) of one token chunk, one vocabulary tile at a time: the
+    memory-saving path, which recomputes the projections on every pass over the tiles.
+    """
 
     def __init__(self, h_s, w_s, b_s, teachers, vocab_size, vocab_chunk_size, inv_t):
         self.h_s, self.w_s, self.b_s, self.teachers, self.inv_t = h_s, w_s, b_s, teachers, inv_t
         self.bounds = [(s, min(s + vocab_chunk_size, vocab_size)) for s in range(0, vocab_size, vocab_chunk_size)]
-        self._normalised = None
 
     def logits(self):
         for start, end in self.bounds:
             z_s = _linear_fp32(self.h_s, self.w_s[start:end], None if self.b_s is None else self.b_s[start:end])
-            z_t = None
-            for head in self.teachers:
-                bias = None if head.bias is None else head.bias[start:end]
-                term = _linear_fp32(head.hidden, head.weight[start:end], bias)
-                # coef 1 is left as is, so λ=0 with student = reference gives bitwise-equal logits (loss exactly 0)
-                term = term if head.coef == 1.0 else term.mul_(head.coef)
-                z_t = term if z_t is None else z_t.add_(term)
+            tile_teachers = [
+                TeacherHead(t.hidden, t.weight[start:end], None if t.bias is None else t.bias[start:end], t.coef)
+                for t in self.teachers
+            ]
+            z_t = _fused_teacher_logits(tile_teachers, end - start)
             if self.inv_t != 1.0:
                 z_s.mul_(self.inv_t)
                 z_t.mul_(self.inv_t)
             yield start, end, z_s, z_t
 
     def log_probs(self, lse_s, lse_t):
-        # With one tile the normalised tile is kept for the next pass: nothing is recomputed
-        if self._normalised is not None:
-            yield self._normalised
-            return
         for start, end, z_s, z_t in self.logits():
-            tile = (start, end, z_s.sub_(lse_s.unsqueeze(-1)), z_t.sub_(lse_t.unsqueeze(-1)))
-            if len(self.bounds) == 1:
-                self._normalised = tile
-            yield tile
+            yield start, end, z_s.sub_(lse_s.unsqueeze(-1)), z_t.sub_(lse_t.unsqueeze(-1))
+
+
+def _fused_teacher_logits(teachers, vocab_size: int) -> torch.Tensor:
+    """`Σ_k coef_k (h_k W_k[:V]ᵀ + b_k)` in fp32, accumulated into one buffer (the fused "virtual" teacher head)."""
+    z_t = None
+    for head in teachers:
+        weight = head.weight[:vocab_size]
+        bias = None if head.bias is None else head.bias[:vocab_size]
+        if z_t is None:
+            # coef 1 is left as is, so λ=0 with student = reference gives bitwise-equal logits (loss exactly 0)
+            z_t = _linear_fp32(head.hidden, weight, bias)
+            if head.coef != 1.0:
+                z_t.mul_(head.coef)
+        elif head.hidden.dtype == weight.dtype == torch.float32:
+            z_t.addmm_(head.hidden, weight.t(), alpha=head.coef)
+            if bias is not None:
+                z_t.add_(bias, alpha=head.coef)
+        else:
+            z_t.add_(_linear_fp32(head.hidden, weight, bias), alpha=head.coef)
+    return z_t
+
+
+def _vecdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # Row-wise dot product without an elementwise [tokens, vocab] temporary
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _single_tile_chunk(h_s, w_s, b_s, teachers, vocab_size, beta, inv_t, want_grad):
+    """
+    One token chunk with the whole vocabulary in one tile: every projection once, at most three live
+    `[chunk, vocab]` buffers for the KL divergences. Returns divergence, entropies and d loss / d logits (or None).
+    """
+    log_ps = _linear_fp32(h_s, w_s[:vocab_size], None if b_s is None else b_s[:vocab_size])
+    log_pt = _fused_teacher_logits(teachers, vocab_size)
+    if inv_t != 1.0:
+        log_ps.mul_(inv_t)
+        log_pt.mul_(inv_t)
+    log_ps.sub_(log_ps.logsumexp(-1, keepdim=True))
+    log_pt.sub_(log_pt.logsumexp(-1, keepdim=True))
+    ps = log_ps.exp()
+    ent_s = -_vecdot(ps, log_ps)
+    pt = log_pt.exp()
+    ent_t = -_vecdot(pt, log_pt)
+    if beta == 1.0:
+        del pt
+        diff = log_pt.neg_().add_(log_ps)  # log p_s − log p_t, in log_pt's buffer
+        div = _vecdot(ps, diff)
+        dz = diff.sub_(div.unsqueeze(-1)).mul_(ps) if want_grad else None
+    elif beta == 0.0:
+        diff = log_pt.sub_(log_ps)  # log p_t − log p_s
+        div = _vecdot(pt, diff)
+        dz = ps.sub_(pt) if want_grad else None
+    else:
+        div, aux = _token_divergence(log_ps, log_pt, beta, ps, pt)
+        dz = _logit_grad(log_ps, log_pt, aux, beta, 1.0, ps=ps) if want_grad else None
+    if dz is not None and inv_t != 1.0:
+        dz.mul_(inv_t)
+    return div, ent_s, ent_t, dz
 
 
 class _StreamedRealignDivergence(torch.autograd.Function):
@@ -176,6 +227,21 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                 rows = slice(start, min(start + token_chunk, n_tokens))
                 h_s = student_hidden[rows]
                 chunk_teachers = [TeacherHead(t.hidden[rows], t.weight, t.bias, t.coef) for t in teachers]
+                if vocab_chunk >= vocab_size:
+                    div, ent_s, ent_t, dz = _single_tile_chunk(
+                        h_s, student_weight, student_bias, chunk_teachers, vocab_size, beta, inv_t, any(needs_grad)
+                    )
+                    divergence[rows], student_entropy[rows], teacher_entropy[rows] = div, ent_s, ent_t
+                    if dz is not None:
+                        if grad_b is not None:
+                            grad_b[:vocab_size] += dz.sum(0)
+                        dz = dz.to(student_weight.dtype)
+                        if grad_h is not None:
+                            _accumulate(grad_h[rows], dz, student_weight[:vocab_size])
+                        if grad_w is not None:
+                            _accumulate(grad_w[:vocab_size], dz.t(), h_s.to(student_weight.dtype))
+                    del dz
+                    continue
                 tiles = _Tiles(h_s, student_weight, student_bias, chunk_teachers, vocab_size, vocab_chunk, inv_t)
 
                 # Pass 1: the normalisers of both distributions
@@ -184,12 +250,9 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                     s, t = z_s.logsumexp(-1), z_t.logsumexp(-1)
                     lse_s = s if lse_s is None else torch.logaddexp(lse_s, s)
                     lse_t = t if lse_t is None else torch.logaddexp(lse_t, t)
-                    if len(tiles.bounds) == 1:
-                        tiles._normalised = (0, vocab_size, z_s.sub_(lse_s.unsqueeze(-1)), z_t.sub_(lse_t.unsqueeze(-1)))
 
                 # Pass 2: divergence, entropies, and the per-token term of the gradient
                 div, aux, ent_s, ent_t = 0.0, None, 0.0, 0.0
-                kept_ps = None
                 for _, _, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
                     ps, pt = log_ps.exp(), log_pt.exp()
                     d, a = _token_divergence(log_ps, log_pt, beta, ps, pt)
@@ -197,16 +260,13 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                     aux = a if aux is None else (aux if a is None else aux + a)
                     ent_s = ent_s - (ps * log_ps).sum(-1)
                     ent_t = ent_t - (pt * log_pt).sum(-1)
-                    del pt
-                    kept_ps = ps if len(tiles.bounds) == 1 else None
                 divergence[rows], student_entropy[rows], teacher_entropy[rows] = div, ent_s, ent_t
 
                 if any(needs_grad):
                     # Pass 3: the student's gradients, while the chunk's hidden states and head are at hand
                     h_w = h_s.to(student_weight.dtype)
                     for tile_start, tile_end, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
-                        dz = _logit_grad(log_ps, log_pt, aux, beta, inv_t, ps=kept_ps)
-                        kept_ps = None
+                        dz = _logit_grad(log_ps, log_pt, aux, beta, inv_t)
                         if grad_b is not None:
                             grad_b[tile_start:tile_end] += dz.sum(0)
                         dz = dz.to(student_weight.dtype)
@@ -227,7 +287,8 @@ class _StreamedRealignDivergence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         # The gradients were computed in the forward for the summed loss: scale them by the upstream scalar
-        grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads)
+        # in place: these tensors belong to this call, and a copy of the head's gradient would double its memory
+        grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.grads)
         ctx.grads = None
         return (*grads, None, None)
 

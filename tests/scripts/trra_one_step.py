@@ -28,8 +28,9 @@ def main(output_path: str, per_device_batch: int, accumulation: int, deepspeed: 
     trainer = TrRaTrainer(model=copy.deepcopy(a).requires_grad_(True), ref_model=a, aligned_model=b, args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
+    # A collective under ZeRO-3 (it gathers the shards): every rank must call it
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.accelerator.is_main_process:
-        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
         torch.save({k: v.detach().cpu() for k, v in state.items()}, output_path)
     trainer.accelerator.wait_for_everyone()
     # Without this, gloo's threads can outlive the interpreter and abort the process at exit

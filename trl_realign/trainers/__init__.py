@@ -1,6 +1,24 @@
+from .layer_adapter import LayerAdapterArguments
+from .layer_adapter_dpo_config import LayerAdapterDPOConfig
+from .layer_adapter_dpo_trainer import LayerAdapterDPOTrainer
+from .layer_adapter_sft_config import LayerAdapterSFTConfig
+from .layer_adapter_sft_trainer import LayerAdapterSFTTrainer
+from .layer_adapter_trra_config import LayerAdapterTrRaConfig
+from .layer_adapter_trra_trainer import LayerAdapterTrRaTrainer
 from .trra_config import TrRaConfig
 from .trra_iter import train_trra_iterations
 from .trra_trainer import TrRaTrainer
 
 
-__all__ = ["TrRaConfig", "TrRaTrainer", "train_trra_iterations"]
+__all__ = [
+    "LayerAdapterArguments",
+    "LayerAdapterDPOConfig",
+    "LayerAdapterDPOTrainer",
+    "LayerAdapterSFTConfig",
+    "LayerAdapterSFTTrainer",
+    "LayerAdapterTrRaConfig",
+    "LayerAdapterTrRaTrainer",
+    "TrRaConfig",
+    "TrRaTrainer",
+    "train_trra_iterations",
+]
