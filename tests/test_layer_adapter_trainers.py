@@ -236,3 +236,23 @@ def test_trra_reference_is_the_base_model(tmp_path, tokenizer):
         loss = trainer.compute_loss(trainer.model, batch)
     assert not torch.allclose(z_s, z_a, atol=1e-4)  # the adapter moved the student away from A
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_completion_length_is_logged(tmp_path, tokenizer, kind):
+    # Completions are the sum's digits plus EOS; all 8 prompts form one batch, so the logged mean is exact
+    lengths = [len(str(eval(p[:-1]))) + 1 for p in PROMPTS]
+    if kind == "sft":
+        args = LayerAdapterSFTConfig(**common(tmp_path, per_device_train_batch_size=8, max_steps=1))
+        trainer = LayerAdapterSFTTrainer(base_model(tokenizer), args=args, train_dataset=sft_dataset(),
+                                         processing_class=tokenizer)
+        expected = sum(lengths) / len(lengths)
+    else:
+        args = LayerAdapterDPOConfig(**common(tmp_path, per_device_train_batch_size=8, max_steps=1))
+        trainer = LayerAdapterDPOTrainer(base_model(tokenizer), args=args, train_dataset=dpo_dataset(),
+                                         processing_class=tokenizer)
+        rejected = [len(str(eval(p[:-1]) + 3)) + 1 for p in PROMPTS]
+        expected = (sum(lengths) + sum(rejected)) / (2 * len(lengths))
+    trainer.train()
+    logged = [entry["completion_length"] for entry in trainer.state.log_history if "completion_length" in entry]
+    assert logged == [pytest.approx(expected)]

@@ -3,7 +3,8 @@ The offline quickstart: TrRa on a synthetic arithmetic task, on CPU, in a few mi
 
 Stages (models are cached on disk under `output_dir/models`, so a second run only evaluates):
 1. the reference model A: a tiny Qwen2 trained from scratch to add numbers column by column (long traces);
-2. the aligned model B: A fine-tuned on concise solutions, as DeepScaleR is R1-Distill made concise;
+2. the aligned model B: A fine-tuned on concise solutions (no check, sometimes no columns), as DeepScaleR is
+   R1-Distill made concise;
 3. TrRa students: A realigned toward `softmax(λ·z_B + (1−λ)·z_A)` for each λ, on mixed calibration data;
 4. evaluation of A, B and every student on held-out problems with `trl_realign.evaluate`, printed as the paper's
    Table 1 (accuracy, mean generated tokens, token reduction against A) and saved as `table.json`;
@@ -42,13 +43,13 @@ class QuickstartSettings:
     num_test_problems: int = 100
     hidden_size: int = 64
     num_hidden_layers: int = 2
-    reference_steps: int = 300
-    aligned_steps: int = 150
-    student_steps: int = 60
-    adapter_steps: int = 150
+    reference_steps: int = 600
+    aligned_steps: int = 500
+    student_steps: int = 200
+    adapter_steps: int = 400
     batch_size: int = 64
     reference_lr: float = 3e-3
-    aligned_lr: float = 1e-3
+    aligned_lr: float = 2e-3
     student_lr: float = 1e-3
     adapter_lr: float = 3e-3
     num_samples: int = 2
@@ -91,7 +92,7 @@ def _load(path: str):
 
 
 def train_reference(path, tokenizer, train_problems, settings: QuickstartSettings, seed: int) -> str:
-    """Model A: trained from scratch on long, column-by-column traces."""
+    """Model A: trained from scratch to write the columns, answer, then check (the long style)."""
     model = tiny_causal_lm(
         "qwen2", seed=seed, vocab_size=len(tokenizer), hidden_size=settings.hidden_size,
         num_hidden_layers=settings.num_hidden_layers, intermediate_size=4 * settings.hidden_size,
@@ -106,7 +107,7 @@ def train_reference(path, tokenizer, train_problems, settings: QuickstartSetting
 
 
 def train_aligned(path, reference_path, tokenizer, train_problems, settings: QuickstartSettings, seed: int) -> str:
-    """Model B: A fine-tuned on concise solutions (mostly column sums only, sometimes the answer at once)."""
+    """Model B: A fine-tuned on concise solutions (mostly stopping at the answer, sometimes answering at once)."""
     args = _trainer_args(SFTConfig, path + ".run", settings.aligned_steps, settings.aligned_lr, settings.batch_size,
                          seed)
     trainer = SFTTrainer(model=_load(reference_path), args=args,

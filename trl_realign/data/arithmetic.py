@@ -1,14 +1,18 @@
 """
-A synthetic reasoning task that ships with the package: column addition, written two ways.
+A synthetic reasoning task that ships with the package: column addition, written with more or less thinking.
 
-The reference model A "thinks slowly": it adds the numbers column by column, spelling out each written digit and
-carry. The aligned model B is concise: it usually writes only the column sums and sometimes answers at once. Every
-style ends with `Answer: <sum>`, so one scorer checks them all, and the number of generated tokens measures how long
-the model thought. This mirrors the paper's setting (a long-chain-of-thought reasoner A and a concise, RL-aligned B,
-Table 1) at a size a CPU trains in seconds. A tiny model rarely adds two numbers without writing the columns down, so,
-as in the paper, pushing conciseness past B (λ > 1) trades accuracy for tokens.
+The reference model A "thinks slowly": it adds the numbers column by column, answers, then checks the answer by
+adding in the other order. The aligned model B is concise: it usually stops at the answer and sometimes answers at
+once. Every style contains `Answer: <sum>`, so one scorer checks them all, and the number of generated tokens measures
+how long the model thought. This mirrors the paper's setting (a long-chain-of-thought reasoner A and a concise,
+RL-aligned B, Table 1) at a size a CPU trains in seconds. A tiny model rarely adds two numbers without writing the
+columns down, so, as in the paper, pushing conciseness past B (λ > 1) trades accuracy for tokens.
 
-    12+79= -> long:    "2+9=11 w1 c1|1+7+1=9 w9 c0|Answer: 91"
+The styles share every token up to two decisions: whether to write the columns at all (the first token) and whether
+to check after answering. Mixing the two models' logits then gives coherent text at every λ; models that disagree at
+every step (say, on how verbosely each column is written) mix into garbled text instead.
+
+    12+79= -> long:    "2+9=11|1+7+1=9|Answer: 91|check: 79+12=91"
               compact: "2+9=11|1+7+1=9|Answer: 91"
               short:   "Answer: 91"
 """
@@ -23,27 +27,26 @@ from datasets import Dataset
 
 STYLES = ("long", "compact", "short", "aligned", "mixed")
 # The aligned model's habits: how often it writes each style
-ALIGNED_MIX = {"compact": 0.7, "short": 0.3}
+ALIGNED_MIX = {"compact": 0.8, "short": 0.2}
 _ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 
 
-def long_solution(a: int, b: int) -> str:
-    """The column-by-column trace of `a + b`, least significant digit first, then the answer."""
+def compact_solution(a: int, b: int) -> str:
+    """The column sums, least significant digit first (with the carry as a third term), then the answer."""
     steps, carry = [], 0
     da, db = str(a)[::-1], str(b)[::-1]
     for i in range(max(len(da), len(db))):
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
         total = x + y + carry
-        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        steps.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={total}")
         carry = total // 10
-        steps.append(f"{terms}={total} w{total % 10} c{carry}")
     return "|".join(steps) + f"|Answer: {a + b}"
 
 
-def compact_solution(a: int, b: int) -> str:
-    """The column sums only, then the answer."""
-    return "|".join(step.split(" ")[0] for step in long_solution(a, b).split("|")[:-1]) + f"|Answer: {a + b}"
+def long_solution(a: int, b: int) -> str:
+    """The compact solution, then a check that adds the numbers in the other order."""
+    return compact_solution(a, b) + f"|check: {b}+{a}={a + b}"
 
 
 def short_solution(a: int, b: int) -> str:

@@ -7,6 +7,7 @@ from trl import DPOTrainer
 
 from .layer_adapter import (
     AdapterBypassedModel,
+    CompletionLengthMetricMixin,
     log_adapter_setup,
     prepare_layer_adapter_model,
     resolve_adapter_args,
@@ -14,7 +15,7 @@ from .layer_adapter import (
 from .layer_adapter_dpo_config import LayerAdapterDPOConfig
 
 
-class LayerAdapterDPOTrainer(DPOTrainer):
+class LayerAdapterDPOTrainer(CompletionLengthMetricMixin, DPOTrainer):
     r"""
     Trainer for Direct Preference Optimization of the layer adapter: every original layer stays frozen.
 
