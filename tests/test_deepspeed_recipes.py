@@ -137,3 +137,14 @@ def test_adapter_sft_zero2_packaged_config(assets, tmp_path):
          "--output_dir", str(tmp_path / "sft"), "--accelerate_config", "zero2", "--num_processes", "2",
          "--mixed_precision", "no", "--main_process_port", str(free_port())], tmp_path)  # fmt: skip
     check_adapter_checkpoint(assets / "base", tmp_path / "sft")
+
+
+def test_adapter_dpo_zero2_reference_is_the_bypassed_model(assets, tmp_path):
+    # The reference is the trained model with its adapter skipped: it must not become a DeepSpeed engine of its own
+    pairs = [{"prompt": f"{i}+{i * 7}=", "chosen": str(i + i * 7), "rejected": str(i + i * 7 + 1) * 2} for i in range(1, 9)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    run([sys.executable, "-m", "trl_realign.cli.main", "dpo", "--model_name_or_path", str(assets / "base"),
+         "--dataset_name", str(tmp_path / "pairs.jsonl"), *COMMON, "--per_device_train_batch_size", "2",
+         "--output_dir", str(tmp_path / "dpo"), "--accelerate_config", "zero2", "--num_processes", "2",
+         "--mixed_precision", "no", "--main_process_port", str(free_port())], tmp_path)  # fmt: skip
+    check_adapter_checkpoint(assets / "base", tmp_path / "dpo")

@@ -300,6 +300,22 @@ def test_save_and_reload_are_exact(tmp_path, tie):
     (adapter_dir / ADAPTER_CONFIG_NAME).write_text(json.dumps(adapter_config))
     assert torch.equal(run(InRaForCausalLM.from_base_and_adapter(None, adapter_dir), realign_lambda=lams), expected)
 
+    # An artifact whose tensors do not fit is refused before the caller's model is touched
+    from safetensors.torch import save_file
+
+    bad_dir = tmp_path / "bad_adapter"
+    bad_dir.mkdir()
+    (bad_dir / ADAPTER_CONFIG_NAME).write_text((adapter_dir / ADAPTER_CONFIG_NAME).read_text())
+    save_file({k: v[..., :-1].contiguous() if k.endswith("o_proj.weight") else v for k, v in weights.items()},
+              str(bad_dir / ADAPTER_WEIGHTS_NAME))
+    untouched = copy.deepcopy(base)
+    before = {k: v.clone() for k, v in untouched.state_dict().items()}
+    with pytest.raises(ValueError, match="do not fit"):
+        InRaForCausalLM.from_base_and_adapter(untouched, bad_dir)
+    assert untouched.config.num_hidden_layers == 3 and getattr(untouched.config, "layer_adapter", None) is None
+    assert before.keys() == untouched.state_dict().keys()
+    assert all(torch.equal(v, before[k]) for k, v in untouched.state_dict().items())
+
 
 def test_plain_checkpoint_needs_num_adapters(tmp_path):
     base, expanded, inra = build("llama")

@@ -156,3 +156,12 @@ def test_teacher_with_other_token_count_is_rejected():
     h_s, head_s, h_a, head_a, *_ = make_case()
     with pytest.raises(ValueError, match="same positions"):
         streamed_realign_divergence(h_s, *head_s, [TeacherHead(h_a[:-1], *head_a, 1.0)])
+
+
+def test_second_backward_through_the_same_loss_is_refused_clearly():
+    h_s, head_s, h_a, head_a, *_ = make_case()
+    w = head_s[0].clone().requires_grad_(True)
+    out = streamed_realign_divergence(h_s, w, head_s[1], [TeacherHead(h_a, *head_a, 1.0)])
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="call the loss again"):
+        out.loss.backward()

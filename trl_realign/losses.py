@@ -286,6 +286,11 @@ class _StreamedRealignDivergence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
+        if ctx.grads is None:
+            raise RuntimeError(
+                "streamed_realign_divergence computes its gradients once, in the forward, and hands them over in the "
+                "first backward: call the loss again instead of backpropagating through it twice (retain_graph)."
+            )
         # The gradients were computed in the forward for the summed loss: scale them by the upstream scalar
         # in place: these tensors belong to this call, and a copy of the head's gradient would double its memory
         grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.grads)

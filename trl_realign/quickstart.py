@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -82,8 +83,13 @@ def _trainer_args(config_cls, output_dir: str, steps: int, lr: float, batch_size
 
 
 def _finish(trainer, path: str, tokenizer) -> str:
-    trainer.save_model(path)
-    tokenizer.save_pretrained(path)
+    # Written beside the final folder and renamed when complete: an interrupted run never leaves a model to reuse
+    partial = path + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.save_model(partial)
+    tokenizer.save_pretrained(partial)
+    os.replace(partial, path)
+    shutil.rmtree(path + ".run", ignore_errors=True)
     return path
 
 

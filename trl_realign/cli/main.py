@@ -10,16 +10,22 @@ import sys
 def _quickstart(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="trl-realign quickstart",
-        description="Offline TrRa demo on a synthetic arithmetic task: trains tiny models A and B on CPU, then TrRa "
-        "students at several λ, and prints a table like the paper's Table 1.",
+        description="Offline demo on a synthetic arithmetic task, on CPU in a few minutes: trains tiny models A (long "
+        "traces) and B (concise), TrRa students at several λ (a table like the paper's Table 1), then a layer adapter "
+        "on A swept with InRa over λ (the paper's Figure 4 in miniature). Models are cached in --output_dir.",
     )
     parser.add_argument("--output_dir", default="quickstart_output", help="Where the table and models are written.")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 5.0], help="λ of the students.")
+    parser.add_argument(
+        "--inra_lambdas", type=float, nargs="+", default=[-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5],
+        help="λ of the InRa sweep (one model, all λ in one batch).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Random seed of data, models and sampling.")
     args = parser.parse_args(argv)
-    from ..quickstart import run_quickstart
+    from ..quickstart import QuickstartSettings, run_quickstart
 
-    run_quickstart(output_dir=args.output_dir, lambdas=tuple(args.lambdas), seed=args.seed)
+    settings = QuickstartSettings(inra_lambdas=tuple(args.inra_lambdas))
+    run_quickstart(output_dir=args.output_dir, lambdas=tuple(args.lambdas), seed=args.seed, settings=settings)
 
 
 # name -> (module under trl_realign.cli with a `run(argv)`, one-line help); modules are imported only when used,
@@ -33,7 +39,7 @@ COMMANDS = {
     "eval": ("eval", "λ sweep evaluation: accuracy and generated tokens per λ, with plots"),
     "sweep": ("sweep", "grid/random sweep over λ, β, learning rate (one wandb run per point), or a wandb sweep YAML"),
     "prepare": ("prepare", "prepare OpenR1-Math / short-CoT / UltraFeedback data and write it to disk"),
-    "quickstart": (None, "offline TrRa demo with a Table-1-style summary"),
+    "quickstart": (None, "offline demo: a TrRa table and an InRa λ sweep on a synthetic task"),
 }
 
 

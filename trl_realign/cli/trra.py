@@ -37,6 +37,12 @@ def check(script_args, training_args, model_args, trra_args, preparation_args) -
     check_dataset_arg(script_args.dataset_name, "trra")
     if trra_args.trra_iterations < 1:
         raise ValueError(f"`trra_iterations` must be at least 1, got {trra_args.trra_iterations}.")
+    if trra_args.trra_iterations > 1 and (model_args.use_peft or training_args.resume_from_checkpoint):
+        raise ValueError(
+            "`--trra_iterations > 1` trains full models from A in every iteration and cannot resume one: drop "
+            "`--use_peft` / `--resume_from_checkpoint`, or run the iterations one by one with `--trra_iterations 1`, "
+            "passing the previous result as `--aligned_model_name_or_path`."
+        )
 
 
 def main(script_args, training_args, model_args, trra_args, preparation_args=None):

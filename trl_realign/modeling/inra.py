@@ -241,16 +241,24 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
                 f"The adapter in {adapter_path} was trained on a base model with {expected}, but `base` has {found}."
             )
         n = adapter_config["num_adapters"]
-        add_layer_adapter(base, num_adapters=n)
         weights = load_file(os.path.join(adapter_path, ADAPTER_WEIGHTS_NAME))
-        adapter_layers = nn.ModuleList(decoder_of(base).layers[:n])
         weights = {name.removeprefix(_ADAPTER_KEY_PREFIX): tensor for name, tensor in weights.items()}
-        missing, unexpected = adapter_layers.load_state_dict(weights, strict=False)
-        if missing or unexpected:
+        # Checked against the base's bottom layer (each adapter is a copy of it) before `base` is touched, so a bad
+        # artifact leaves the caller's model as it was
+        bottom = {name: tensor.shape for name, tensor in decoder_of(base).layers[0].state_dict().items()}
+        expected_shapes = {f"{i}.{name}": shape for i in range(n) for name, shape in bottom.items()}
+        wrong = sorted(
+            name for name in expected_shapes.keys() | weights.keys()
+            if name not in weights or name not in expected_shapes or weights[name].shape != expected_shapes[name]
+        )
+        if wrong:
             raise ValueError(
-                f"The adapter weights in {adapter_path} do not fit the base model's layers: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}."
+                f"The adapter weights in {adapter_path} do not fit the base model's layers ({len(wrong)} tensors "
+                f"missing, unexpected or of another shape, e.g. {wrong[:5]}). Pass the base model the adapter was "
+                "trained on."
             )
+        add_layer_adapter(base, num_adapters=n)
+        nn.ModuleList(decoder_of(base).layers[:n]).load_state_dict(weights, strict=True)
         marker = get_layer_adapter_config(config)
         marker.update(init=adapter_config.get("init", marker["init"]))
         if adapter_config.get("base_model_name_or_path"):

@@ -169,8 +169,9 @@ class TrRaTrainer(SFTTrainer):
         unwrapped = self.accelerator.unwrap_model(model)
         loss, stats = self._forward_redirection(model, unwrapped, self._compute_loss, unwrapped, inputs, num_items_in_batch)
 
-        # Collectives run after the wrapped forward returns, as in SFTTrainer
-        stats = self.accelerator.gather_for_metrics(stats.unsqueeze(0)).sum(0)
+        # Collectives run after the wrapped forward returns, as in SFTTrainer. One row per process: a plain gather, since
+        # `gather_for_metrics` trims the last eval batch by samples and would drop whole processes' rows
+        stats = self.accelerator.gather(stats.unsqueeze(0)).sum(0)
         num_tokens, divergence, student_entropy, teacher_entropy, num_sequences = stats.tolist()
         denominator = max(num_tokens, 1.0)
         self._metrics[mode]["divergence"].append(divergence / denominator)
