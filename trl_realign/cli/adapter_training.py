@@ -1,0 +1,71 @@
+"""`trl-realign sft` and `trl-realign dpo`: training of the layer adapter only, from a recipe or flags."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AdapterTrainingCommand:
+    """One adapter-training subcommand: its `*Config` and `*Trainer` (by name in `trl_realign.trainers`)."""
+
+    name: str
+    description: str
+    config: str
+    trainer: str
+
+    def _trainers_attr(self, attr: str):
+        return getattr(importlib.import_module("..trainers", __package__), attr)
+
+    def make_parser(self, prog: str | None = None):
+        from trl import ModelConfig, ScriptArguments, TrlParser
+
+        from ..data.prepare import DatasetPreparationArguments
+        from .launch import LAUNCHER_EPILOG
+
+        dataclass_types = (ScriptArguments, self._trainers_attr(self.config), ModelConfig, DatasetPreparationArguments)
+        return TrlParser(dataclass_types, prog=prog, description=self.description, epilog=LAUNCHER_EPILOG)
+
+    def check(self, script_args, training_args, model_args, preparation_args) -> None:
+        from .parsing import check_dataset_arg, check_model_arg
+        from .training import check_no_model_lora
+
+        check_model_arg(model_args.model_name_or_path, self.name, "the base or expanded model")
+        check_dataset_arg(script_args.dataset_name, self.name)
+        check_no_model_lora(model_args, self.name)
+
+    def main(self, script_args, training_args, model_args, preparation_args) -> None:
+        from .training import check_expanded_under_zero3, load_training_data, set_model_init_kwargs
+
+        check_expanded_under_zero3(model_args.model_name_or_path, self.name)
+        set_model_init_kwargs(training_args, model_args)
+        train_dataset, eval_dataset = load_training_data(
+            script_args, preparation_args, training_args, model_args.model_name_or_path
+        )
+        trainer = self._trainers_attr(self.trainer)(
+            model=model_args.model_name_or_path, args=training_args, train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+        )
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model(training_args.output_dir)
+        trainer.accelerator.print(f"Expanded model with the trained adapter saved to {training_args.output_dir}.")
+
+    def run(self, argv: list[str]) -> None:
+        from .training import run_training_command
+
+        run_training_command(self.name, self.make_parser(f"trl-realign {self.name}"), argv, self.check, self.main)
+
+
+SFT = AdapterTrainingCommand(
+    "sft",
+    "`trl-realign sft`: supervised fine-tuning of the layer adapter only (InRa training, paper §3.2 and §4.2).",
+    "LayerAdapterSFTConfig",
+    "LayerAdapterSFTTrainer",
+)
+DPO = AdapterTrainingCommand(
+    "dpo",
+    "`trl-realign dpo`: DPO of the layer adapter only (paper §4.3); the reference is the model, adapter bypassed.",
+    "LayerAdapterDPOConfig",
+    "LayerAdapterDPOTrainer",
+)
