@@ -256,3 +256,25 @@ def test_completion_length_is_logged(tmp_path, tokenizer, kind):
     trainer.train()
     logged = [entry["completion_length"] for entry in trainer.state.log_history if "completion_length" in entry]
     assert logged == [pytest.approx(expected)]
+
+
+def test_inra_after_adapter_training_keeps_both_endpoints(tmp_path, tokenizer):
+    from trl_realign import InRaForCausalLM
+
+    base = base_model(tokenizer)
+    trainer = LayerAdapterSFTTrainer(copy.deepcopy(base), args=LayerAdapterSFTConfig(**common(tmp_path, max_steps=3)),
+                                     train_dataset=sft_dataset(), processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(tmp_path / "trained")
+    expanded = AutoModelForCausalLM.from_pretrained(tmp_path / "trained").eval()
+    inra = InRaForCausalLM.from_pretrained(tmp_path / "trained").eval()
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        base_logits = base.eval()(**batch).logits
+        trained_logits = expanded(**batch).logits
+        at = {lam: inra(**batch, realign_lambda=lam).logits for lam in (0.0, 1.0, 0.5)}
+    mask = batch["attention_mask"].bool()
+    assert (trained_logits - base_logits)[mask].abs().max() > 1e-3  # the adapter learned something
+    torch.testing.assert_close(at[0.0][mask], base_logits[mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(at[1.0][mask], trained_logits[mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(at[0.5][mask], (0.5 * trained_logits + 0.5 * base_logits)[mask], atol=1e-5, rtol=0)
