@@ -123,18 +123,24 @@ def test_no_grad_mode_returns_values_without_gradients():
     assert not out.loss.requires_grad and out.loss.item() > 0
 
 
-def test_bf16_heads_track_the_fp32_loss():
+@pytest.mark.parametrize("vocab_chunk", [None, 13])
+def test_bf16_heads_track_the_fp32_loss(vocab_chunk):
     h_s, head_s, h_a, head_a, h_b, head_b = make_case(hidden=32)
     teachers = [TeacherHead(h_b, *head_b, 1.5), TeacherHead(h_a, *head_a, -0.5)]
     ref = streamed_realign_divergence(h_s, *head_s, teachers).loss
     to16 = lambda t: None if t is None else t.to(torch.bfloat16)  # noqa: E731
     w16 = to16(head_s[0]).requires_grad_(True)
     out = streamed_realign_divergence(
-        to16(h_s), w16, to16(head_s[1]), [TeacherHead(to16(t.hidden), to16(t.weight), to16(t.bias), t.coef) for t in teachers]
+        to16(h_s), w16, to16(head_s[1]),
+        [TeacherHead(to16(t.hidden), to16(t.weight), to16(t.bias), t.coef) for t in teachers], vocab_chunk_size=vocab_chunk,
     )
     out.loss.backward()
     assert w16.grad.dtype == torch.bfloat16 and torch.isfinite(w16.grad.float()).all()
     torch.testing.assert_close(out.loss, ref, rtol=5e-2, atol=5e-2)
+    w32 = head_s[0].clone().requires_grad_(True)
+    streamed_realign_divergence(h_s, w32, head_s[1], teachers, vocab_chunk_size=vocab_chunk).loss.backward()
+    # bf16 inputs, fp32 accumulation: the head's gradient stays within bf16 rounding of the fp32 one
+    assert (w16.grad.float() - w32.grad).norm() / w32.grad.norm() < 3e-2
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from trl.trainer.utils import maybe_gather_lm_head_ctx  # private: pinned by trl<1.17 in pyproject.toml
+# private TRL helpers, pinned by trl<1.17 in pyproject.toml
+from trl.kernels.chunked_logprob import _addmm_fp32
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
@@ -112,11 +114,21 @@ def _linear_fp32(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 def _accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """`out += a @ b`, in place when the dtypes allow (fp32 models), through a temporary otherwise (bf16)."""
+    """
+    `out += a @ b` into an fp32 `out`, for `a` fp32 (d loss / d logits) and `b` in the model's dtype.
+
+    fp32 models: in place. bf16/fp16 on CUDA: TRL's helper, which accumulates the low-precision product in fp32 without
+    rounding it first. Elsewhere: `b` is upcast when it is small (the hidden states, for the head's gradient); a head-
+    sized `b` (the weight, for the hidden states' gradient) is not copied, the product is taken in its dtype instead.
+    """
     if out.dtype == a.dtype == b.dtype:
         out.addmm_(a, b)
+    elif out.device.type == "cuda":
+        _addmm_fp32(out, a.to(b.dtype), b)
+    elif b.numel() <= out.numel():
+        out.addmm_(a.float(), b.float())
     else:
-        out += (a @ b).to(out.dtype)
+        out += (a.to(b.dtype) @ b).float()
 
 
 class _Tiles:
@@ -235,7 +247,6 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                     if dz is not None:
                         if grad_b is not None:
                             grad_b[:vocab_size] += dz.sum(0)
-                        dz = dz.to(student_weight.dtype)
                         if grad_h is not None:
                             _accumulate(grad_h[rows], dz, student_weight[:vocab_size])
                         if grad_w is not None:
@@ -269,7 +280,6 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                         dz = _logit_grad(log_ps, log_pt, aux, beta, inv_t)
                         if grad_b is not None:
                             grad_b[tile_start:tile_end] += dz.sum(0)
-                        dz = dz.to(student_weight.dtype)
                         if grad_h is not None:
                             _accumulate(grad_h[rows], dz, student_weight[tile_start:tile_end])
                         if grad_w is not None:
