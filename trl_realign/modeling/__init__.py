@@ -11,3 +11,20 @@ from .adapter import (
 from .dera import DeRaCache, DeRaForCausalLM
 from .inra import InRaForCausalLM, read_adapter_config
 from .inra_cache import InRaCache
+
+
+__all__ = [
+    "DeRaCache",
+    "DeRaForCausalLM",
+    "InRaCache",
+    "InRaForCausalLM",
+    "adapter_parameter_names",
+    "add_layer_adapter",
+    "bypass_layer_adapter",
+    "expand_model",
+    "freeze_all_but_adapter",
+    "get_layer_adapter_config",
+    "mark_layer_adapter",
+    "num_layer_adapters",
+    "read_adapter_config",
+]

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +24,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..losses import realign_logits
+from .realign_lambda import check_realign_lambda
 
 
 logger = logging.getLogger(__name__)
@@ -106,39 +105,6 @@ def _load(model: PreTrainedModel | str, role: str, model_init_kwargs: dict) -> P
     return model
 
 
-def as_realign_lambda(realign_lambda, batch_size: int | None = None) -> float | torch.Tensor:
-    """
-    Validate λ for `generate(..., realign_lambda=λ)`: a float, or one value per input row as a 1-D float tensor.
-
-    Lists and tuples become tensors (so that `generate()` expands them with `num_return_sequences` and `num_beams`
-    like the other per-row inputs); a 0-d tensor becomes a float.
-    """
-    if isinstance(realign_lambda, numbers.Real) and not isinstance(realign_lambda, bool):
-        value = float(realign_lambda)
-        if not math.isfinite(value):
-            raise ValueError(f"`realign_lambda` must be finite, got {realign_lambda}.")
-        return value
-    if isinstance(realign_lambda, Sequence) and not isinstance(realign_lambda, str):
-        realign_lambda = torch.tensor([float(v) for v in realign_lambda])
-    is_tensor = isinstance(realign_lambda, torch.Tensor)
-    if not is_tensor or realign_lambda.dtype == torch.bool or realign_lambda.is_complex():
-        raise TypeError(
-            "`realign_lambda` must be a float or one float per batch row (a list or a 1-D tensor), got "
-            f"{realign_lambda!r}."
-        )
-    realign_lambda = realign_lambda.float()
-    if realign_lambda.ndim == 0:
-        return as_realign_lambda(realign_lambda.item())
-    if realign_lambda.ndim != 1 or (batch_size is not None and realign_lambda.shape[0] != batch_size):
-        raise ValueError(
-            f"`realign_lambda` has shape {tuple(realign_lambda.shape)} but the batch has {batch_size} rows: pass a "
-            "float, or one value per input row (before `num_return_sequences`/`num_beams`, which expand it)."
-        )
-    if not torch.isfinite(realign_lambda).all():
-        raise ValueError(f"`realign_lambda` must be finite, got {realign_lambda.tolist()}.")
-    return realign_lambda
-
-
 class DeRaForCausalLM(PreTrainedModel, GenerationMixin):
     """
     Decoding-time realignment of an aligned model towards (λ < 1) or beyond (λ > 1) its reference model.
@@ -196,7 +162,7 @@ class DeRaForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(copy.deepcopy(aligned_model.config))
         self.aligned_model = aligned_model
         self.ref_model = ref_model
-        self.realign_lambda = as_realign_lambda(realign_lambda)
+        self.realign_lambda = check_realign_lambda(realign_lambda)
         self.generation_config = copy.deepcopy(aligned_model.generation_config)
         aligned_vocab = aligned_model.get_output_embeddings().weight.shape[0]
         ref_vocab = ref_model.get_output_embeddings().weight.shape[0]
@@ -258,7 +224,7 @@ class DeRaForCausalLM(PreTrainedModel, GenerationMixin):
                 "DeRa needs `input_ids`: its two models have their own embedding tables, so one `inputs_embeds` "
                 "cannot feed both."
             )
-        realign_lambda = as_realign_lambda(
+        realign_lambda = check_realign_lambda(
             self.realign_lambda if realign_lambda is None else realign_lambda, batch_size=input_ids.shape[0]
         )
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -294,5 +260,5 @@ class DeRaForCausalLM(PreTrainedModel, GenerationMixin):
         if realign_lambda is not None:
             inputs = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
             batch_size = inputs.shape[0] if isinstance(inputs, torch.Tensor) else None
-            kwargs["realign_lambda"] = as_realign_lambda(realign_lambda, batch_size=batch_size)
+            kwargs["realign_lambda"] = check_realign_lambda(realign_lambda, batch_size=batch_size)
         return super().generate(*args, **kwargs)

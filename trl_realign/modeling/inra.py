@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
-from numbers import Real
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,6 +27,7 @@ from transformers.utils import can_return_tuple
 
 from .adapter import add_layer_adapter, check_supported, decoder_of, get_layer_adapter_config, mark_layer_adapter
 from .inra_cache import InRaCache
+from .realign_lambda import check_realign_lambda
 
 
 ADAPTER_CONFIG_NAME = "layer_adapter_config.json"
@@ -54,31 +53,6 @@ def _layer_kinds(config: PretrainedConfig) -> list[str]:
     if unknown:
         raise ValueError(f"InRa supports full and sliding-window attention layers, not {unknown}.")
     return kinds
-
-
-def _checked_lambda(value) -> float | torch.Tensor:
-    """λ as a float, or a 1-D float tensor of per-row values; raises on anything non-finite or misshapen."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() == 0:
-            value = value.item()
-        elif value.dim() != 1:
-            raise ValueError(
-                "`realign_lambda` must be a number or a 1-D tensor with one value per batch row, got a tensor of "
-                f"shape {tuple(value.shape)}."
-            )
-        elif not value.is_floating_point():
-            value = value.float()
-    elif isinstance(value, (list, tuple)):
-        value = torch.tensor(value, dtype=torch.float32)
-    if isinstance(value, torch.Tensor):
-        if not torch.isfinite(value).all():
-            raise ValueError(f"`realign_lambda` must be finite, got {value.tolist()}.")
-        return value
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"`realign_lambda` must be a number or a tensor, got {type(value).__name__}.")
-    if not math.isfinite(value):
-        raise ValueError(f"`realign_lambda` must be finite, got {value}.")
-    return float(value)
 
 
 def _paths_for(realign_lambda: float | torch.Tensor) -> str:
@@ -150,7 +124,7 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         `save_pretrained`), or a plain checkpoint with L+n layers whose bottom `num_adapters` layers are the adapter
         (like the paper's released models). Other keyword arguments go to `PreTrainedModel.from_pretrained`.
         """
-        realign_lambda = _checked_lambda(realign_lambda)
+        realign_lambda = check_realign_lambda(realign_lambda)
         config = kwargs.pop("config", None)
         if not isinstance(config, PretrainedConfig):
             hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
@@ -201,7 +175,7 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
                 "InRaForCausalLM wraps plain models; merge the LoRA weights into the adapter layers first "
                 "(`model = model.merge_and_unload()`)."
             )
-        realign_lambda = _checked_lambda(realign_lambda)
+        realign_lambda = check_realign_lambda(realign_lambda)
         cls._mark(model.config, num_adapters, source=type(model).__name__)
         with torch.device("meta"):  # the submodules are replaced by the model's own below
             inra = cls(model.config)
@@ -314,15 +288,6 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def _batch_lambda(self, realign_lambda, batch_size: int) -> float | torch.Tensor:
-        realign_lambda = _checked_lambda(self.realign_lambda if realign_lambda is None else realign_lambda)
-        if isinstance(realign_lambda, torch.Tensor) and realign_lambda.shape[0] != batch_size:
-            raise ValueError(
-                f"`realign_lambda` has {realign_lambda.shape[0]} values but the batch has {batch_size} rows; pass one "
-                "value per row (generate repeats them for beams and `num_return_sequences` itself) or a single number."
-            )
-        return realign_lambda
-
     def _masks(self, inputs_embeds, attention_mask, cache, position_ids) -> dict:
         if isinstance(attention_mask, dict):
             raise ValueError("InRaForCausalLM builds its own masks: pass a 2-D `attention_mask`, not a dict of masks.")
@@ -365,7 +330,9 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        realign_lambda = self._batch_lambda(realign_lambda, batch_size)
+        realign_lambda = check_realign_lambda(
+            self.realign_lambda if realign_lambda is None else realign_lambda, batch_size
+        )
         paths = _paths_for(realign_lambda)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
 
@@ -440,9 +407,10 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         values for `num_beams` / `num_return_sequences`). Greedy, sampling and beam search keep one KV cache per path.
         """
         inputs = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids", kwargs.get("inputs_embeds")))
-        realign_lambda = _checked_lambda(self.realign_lambda if realign_lambda is None else realign_lambda)
-        if isinstance(realign_lambda, torch.Tensor) and inputs is not None:
-            self._batch_lambda(realign_lambda, inputs.shape[0])
+        realign_lambda = check_realign_lambda(
+            self.realign_lambda if realign_lambda is None else realign_lambda,
+            inputs.shape[0] if inputs is not None else None,
+        )
         return super().generate(*args, realign_lambda=realign_lambda, **kwargs)
 
     # Private GenerationMixin hook (transformers 5.23): generate calls it once, before prefill, to create the cache.
