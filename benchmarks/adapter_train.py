@@ -17,55 +17,20 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
+
+from _measure import PeakMemory, StepTimer  # benchmarks/ is the script's folder, so its helper imports directly
 
 
 TARGETS = {"step_time_ratio": 0.8, "peak_memory_ratio": 0.5, "dpo_peak_memory_ratio": 0.5}
 VARIANTS = ("adapter_sft", "full_sft", "adapter_dpo", "full_dpo")
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times, self._start = [], None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def _reset_peak() -> tuple[str, int]:
-    """Reset the kernel's peak-RSS counter; returns the method and the RSS (kB) to subtract from the later peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
-        return "clear_refs", _status_kb("VmRSS")
-    except OSError:
-        return "ru_maxrss", _status_kb("VmRSS")
-
-
-def _peak_kb(method: str) -> int:
-    if method == "clear_refs":
-        return _status_kb("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux; includes anything before the baseline
 
 
 def _text(generator, length: int) -> str:
@@ -111,7 +76,8 @@ def run_variant(variant: str, model_dir: str, opts) -> dict:
         dataloader_drop_last=True,
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    method, baseline_kb = _reset_peak()
+    memory = PeakMemory()
+    memory.start()
 
     timer = StepTimer()
     if variant == "adapter_sft":
@@ -131,13 +97,12 @@ def run_variant(variant: str, model_dir: str, opts) -> dict:
         raise ValueError(f"Unknown variant {variant!r}; choose one of {VARIANTS}.")
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
-    peak_kb = _peak_kb(method)
     return {
         "variant": variant,
         "step_s": statistics.median(timer.times[opts.warmup:]),
-        "peak_mib": (peak_kb - baseline_kb) / 1024,
+        "peak_mib": memory.peak_mib(),
         "trainable_params": trainable,
-        "memory_method": method,
+        "memory_method": memory.method,
     }
 
 

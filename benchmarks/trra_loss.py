@@ -21,19 +21,7 @@ import subprocess
 import sys
 import time
 
-
-def _rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    # "5" resets VmHWM to the current RSS (Linux ≥ 4.0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+from _measure import PeakMemory  # benchmarks/ is the script's folder, so its helper imports directly
 
 
 def run_variant(variant: str, args) -> dict:
@@ -66,12 +54,12 @@ def run_variant(variant: str, args) -> dict:
         loss.backward()
         return loss.item()
 
-    baseline = _rss_mb("VmRSS")
-    _reset_peak()
+    memory = PeakMemory()
+    memory.start()
     start = time.perf_counter()
     loss = step()
     first = time.perf_counter() - start
-    peak = _rss_mb("VmHWM") - baseline
+    peak = memory.peak_mib()
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()

@@ -13,27 +13,15 @@ import logging
 import os
 import statistics
 import tempfile
-import time
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from _measure import StepTimer  # benchmarks/ is the script's folder, so its helper imports directly
 from trl_realign import TrRaConfig, TrRaTrainer
 from trl_realign.data.tokenizer import build_char_tokenizer
 from trl_realign.testing import tiny_causal_lm
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times, self._start = [], None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def dataset(n: int, prompt_len: int, completion_len: int, seed: int) -> Dataset:
