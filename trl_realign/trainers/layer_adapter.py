@@ -180,8 +180,18 @@ def prepare_layer_adapter_model(
     return model, peft_config
 
 
-def resolve_adapter_args(model, args, config_cls, suffix: str):
-    """The trainer's config: `args` (refused if it is not an adapter config), or a `config_cls` named after the model."""
+def resolve_adapter_args(model, args, config_cls, suffix: str, trainer_kwargs: dict | None = None):
+    """
+    The trainer's config: `args` (refused if it is not an adapter config), or a `config_cls` named after the model.
+
+    With `trainer_kwargs`, the trainer's extra arguments, a `ref_model` among them is refused: for DPO and TrRa the
+    reference is the model with its adapter skipped.
+    """
+    if trainer_kwargs is not None and "ref_model" in trainer_kwargs:
+        raise ValueError(
+            f"{config_cls.__name__.replace('Config', 'Trainer')} takes no `ref_model`: the reference is the model with "
+            "its adapter layers skipped, which is exactly the original model. Remove the `ref_model` argument."
+        )
     if args is None:
         name = model if isinstance(model, str) else model.config._name_or_path or "model"
         return config_cls(f"{name.split('/')[-1]}-{suffix}")

@@ -46,12 +46,7 @@ class LayerAdapterDPOTrainer(CompletionLengthMetricMixin, DPOTrainer):
         peft_config=None,
         **kwargs,
     ):
-        if "ref_model" in kwargs:
-            raise ValueError(
-                "LayerAdapterDPOTrainer takes no `ref_model`: the reference is the model with its adapter layers "
-                "skipped, which is exactly the original model. Remove the `ref_model` argument."
-            )
-        args = resolve_adapter_args(model, args, LayerAdapterDPOConfig, "LayerAdapter-DPO")
+        args = resolve_adapter_args(model, args, LayerAdapterDPOConfig, "LayerAdapter-DPO", kwargs)
         model, peft_config = prepare_layer_adapter_model(model, args, peft_config)
         reference = AdapterBypassedModel(model)
         # Passing a reference keeps DPOTrainer from loading a second copy of the model from its path; the stand-in has

@@ -48,12 +48,7 @@ class LayerAdapterTrRaTrainer(TrRaTrainer):
         peft_config=None,
         **kwargs,
     ):
-        if "ref_model" in kwargs:
-            raise ValueError(
-                "LayerAdapterTrRaTrainer takes no `ref_model`: the reference A is the model with its adapter layers "
-                "skipped, which is exactly the original model. Remove the `ref_model` argument."
-            )
-        args = resolve_adapter_args(model, args, LayerAdapterTrRaConfig, "LayerAdapter-TrRa")
+        args = resolve_adapter_args(model, args, LayerAdapterTrRaConfig, "LayerAdapter-TrRa", kwargs)
         model, peft_config = prepare_layer_adapter_model(model, args, peft_config)
         self._adapter_reference = AdapterBypassedModel(model)
         super().__init__(
