@@ -131,40 +131,12 @@ def _accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         out += (a.to(b.dtype) @ b).float()
 
 
-class _Tiles:
-    """
-    Student and fused-teacher logits (divided by T) of one token chunk, one vocabulary tile at a time: the
-    memory-saving path, which recomputes the projections on every pass over the tiles.
-    """
-
-    def __init__(self, h_s, w_s, b_s, teachers, vocab_size, vocab_chunk_size, inv_t):
-        self.h_s, self.w_s, self.b_s, self.teachers, self.inv_t = h_s, w_s, b_s, teachers, inv_t
-        self.bounds = [(s, min(s + vocab_chunk_size, vocab_size)) for s in range(0, vocab_size, vocab_chunk_size)]
-
-    def logits(self):
-        for start, end in self.bounds:
-            z_s = _linear_fp32(self.h_s, self.w_s[start:end], None if self.b_s is None else self.b_s[start:end])
-            tile_teachers = [
-                TeacherHead(t.hidden, t.weight[start:end], None if t.bias is None else t.bias[start:end], t.coef)
-                for t in self.teachers
-            ]
-            z_t = _fused_teacher_logits(tile_teachers, end - start)
-            if self.inv_t != 1.0:
-                z_s.mul_(self.inv_t)
-                z_t.mul_(self.inv_t)
-            yield start, end, z_s, z_t
-
-    def log_probs(self, lse_s, lse_t):
-        for start, end, z_s, z_t in self.logits():
-            yield start, end, z_s.sub_(lse_s.unsqueeze(-1)), z_t.sub_(lse_t.unsqueeze(-1))
-
-
-def _fused_teacher_logits(teachers, vocab_size: int) -> torch.Tensor:
-    """`Σ_k coef_k (h_k W_k[:V]ᵀ + b_k)` in fp32, accumulated into one buffer (the fused "virtual" teacher head)."""
+def _fused_teacher_logits(teachers, start: int, end: int) -> torch.Tensor:
+    """`Σ_k coef_k (h_k W_k[start:end]ᵀ + b_k)` in fp32, accumulated into one buffer (the fused "virtual" teacher head)."""
     z_t = None
     for head in teachers:
-        weight = head.weight[:vocab_size]
-        bias = None if head.bias is None else head.bias[:vocab_size]
+        weight = head.weight[start:end]
+        bias = None if head.bias is None else head.bias[start:end]
         if z_t is None:
             # coef 1 is left as is, so λ=0 with student = reference gives bitwise-equal logits (loss exactly 0)
             z_t = _linear_fp32(head.hidden, weight, bias)
@@ -179,6 +151,36 @@ def _fused_teacher_logits(teachers, vocab_size: int) -> torch.Tensor:
     return z_t
 
 
+def _tile_logits(h_s, w_s, b_s, teachers, start: int, end: int, inv_t: float):
+    """Student and fused-teacher logits, divided by T, for vocabulary rows `start:end` of one token chunk."""
+    z_s = _linear_fp32(h_s, w_s[start:end], None if b_s is None else b_s[start:end])
+    z_t = _fused_teacher_logits(teachers, start, end)
+    if inv_t != 1.0:
+        z_s.mul_(inv_t)
+        z_t.mul_(inv_t)
+    return z_s, z_t
+
+
+class _Tiles:
+    """
+    The logits of one token chunk, one vocabulary tile at a time: the memory-saving path, which recomputes the
+    projections on every pass over the tiles.
+    """
+
+    def __init__(self, h_s, w_s, b_s, teachers, vocab_size, vocab_chunk_size, inv_t):
+        self.args = (h_s, w_s, b_s, teachers)
+        self.inv_t = inv_t
+        self.bounds = [(s, min(s + vocab_chunk_size, vocab_size)) for s in range(0, vocab_size, vocab_chunk_size)]
+
+    def logits(self):
+        for start, end in self.bounds:
+            yield start, end, *_tile_logits(*self.args, start, end, self.inv_t)
+
+    def log_probs(self, lse_s, lse_t):
+        for start, end, z_s, z_t in self.logits():
+            yield start, end, z_s.sub_(lse_s.unsqueeze(-1)), z_t.sub_(lse_t.unsqueeze(-1))
+
+
 def _vecdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # Row-wise dot product without an elementwise [tokens, vocab] temporary
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
@@ -189,11 +191,7 @@ def _single_tile_chunk(h_s, w_s, b_s, teachers, vocab_size, beta, inv_t, want_gr
     One token chunk with the whole vocabulary in one tile: every projection once, at most three live
     `[chunk, vocab]` buffers for the KL divergences. Returns divergence, entropies and d loss / d logits (or None).
     """
-    log_ps = _linear_fp32(h_s, w_s[:vocab_size], None if b_s is None else b_s[:vocab_size])
-    log_pt = _fused_teacher_logits(teachers, vocab_size)
-    if inv_t != 1.0:
-        log_ps.mul_(inv_t)
-        log_pt.mul_(inv_t)
+    log_ps, log_pt = _tile_logits(h_s, w_s, b_s, teachers, 0, vocab_size, inv_t)
     log_ps.sub_(log_ps.logsumexp(-1, keepdim=True))
     log_pt.sub_(log_pt.logsumexp(-1, keepdim=True))
     ps = log_ps.exp()
@@ -235,6 +233,16 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                 grad_w = torch.zeros(student_weight.shape, device=device, dtype=torch.float32)
             if want_b:
                 grad_b = torch.zeros(student_bias.shape, device=device, dtype=torch.float32)
+
+            def add_gradients(dz, rows, h_s, start, end):
+                # d loss / d logits of vocabulary rows start:end, through the head to its weight, bias and inputs
+                if grad_b is not None:
+                    grad_b[start:end] += dz.sum(0)
+                if grad_h is not None:
+                    _accumulate(grad_h[rows], dz, student_weight[start:end])
+                if grad_w is not None:
+                    _accumulate(grad_w[start:end], dz.t(), h_s.to(student_weight.dtype))
+
             for start in range(0, n_tokens, token_chunk):
                 rows = slice(start, min(start + token_chunk, n_tokens))
                 h_s = student_hidden[rows]
@@ -245,13 +253,8 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                     )
                     divergence[rows], student_entropy[rows], teacher_entropy[rows] = div, ent_s, ent_t
                     if dz is not None:
-                        if grad_b is not None:
-                            grad_b[:vocab_size] += dz.sum(0)
-                        if grad_h is not None:
-                            _accumulate(grad_h[rows], dz, student_weight[:vocab_size])
-                        if grad_w is not None:
-                            _accumulate(grad_w[:vocab_size], dz.t(), h_s.to(student_weight.dtype))
-                    del dz
+                        add_gradients(dz, rows, h_s, 0, vocab_size)
+                    del dz  # not alive while the next chunk's logits are built
                     continue
                 tiles = _Tiles(h_s, student_weight, student_bias, chunk_teachers, vocab_size, vocab_chunk, inv_t)
 
@@ -275,16 +278,8 @@ class _StreamedRealignDivergence(torch.autograd.Function):
 
                 if any(needs_grad):
                     # Pass 3: the student's gradients, while the chunk's hidden states and head are at hand
-                    h_w = h_s.to(student_weight.dtype)
                     for tile_start, tile_end, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
-                        dz = _logit_grad(log_ps, log_pt, aux, beta, inv_t)
-                        if grad_b is not None:
-                            grad_b[tile_start:tile_end] += dz.sum(0)
-                        if grad_h is not None:
-                            _accumulate(grad_h[rows], dz, student_weight[tile_start:tile_end])
-                        if grad_w is not None:
-                            _accumulate(grad_w[tile_start:tile_end], dz.t(), h_w)
-                del tiles
+                        add_gradients(_logit_grad(log_ps, log_pt, aux, beta, inv_t), rows, h_s, tile_start, tile_end)
 
         ctx.grads = (
             None if grad_h is None else grad_h.to(student_hidden.dtype),
