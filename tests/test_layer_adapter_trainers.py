@@ -18,6 +18,8 @@ from trl_realign.trainers.layer_adapter_sft_trainer import LayerAdapterSFTTraine
 from trl_realign.trainers.layer_adapter_trra_config import LayerAdapterTrRaConfig
 from trl_realign.trainers.layer_adapter_trra_trainer import LayerAdapterTrRaTrainer
 
+from tiny_training import training_kwargs
+
 
 PROMPTS = ["12+7=", "3+45=", "60+1=", "9+9=", "14+22=", "5+0=", "31+8=", "2+76="]
 
@@ -33,21 +35,7 @@ def dpo_dataset():
 
 
 def common(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        learning_rate=5e-2,
-        max_steps=2,
-        use_cpu=True,
-        bf16=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        dataloader_drop_last=True,
-    )
-    defaults.update(kwargs)
-    return defaults
+    return training_kwargs(tmp_path, **{"learning_rate": 5e-2, **kwargs})
 
 
 def base_model(tokenizer, family="qwen2", **kwargs):

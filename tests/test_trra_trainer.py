@@ -10,6 +10,8 @@ from trl_realign import TrRaConfig, TrRaTrainer, train_trra_iterations
 from trl_realign.data.tokenizer import build_char_tokenizer
 from trl_realign.testing import tiny_causal_lm
 
+from tiny_training import training_kwargs
+
 
 PROMPTS = ["12+7=", "3+45=", "60+1=", "9+9=", "14+22=", "5+0=", "31+8=", "2+76="]
 
@@ -20,21 +22,7 @@ def pc_dataset(n=8):
 
 
 def make_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        max_steps=2,
-        use_cpu=True,
-        bf16=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        dataloader_drop_last=True,
-    )
-    defaults.update(kwargs)
-    return TrRaConfig(**defaults)
+    return TrRaConfig(**training_kwargs(tmp_path, **kwargs))
 
 
 def models(family="llama", tie=False, vocab=None, tokenizer=None, extra_rows=0):
