@@ -9,15 +9,6 @@ from trl_realign.testing import tiny_causal_lm
 PROMPTS = ["1+2=", "hello there, 12*3", "ab"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run 100x slower with intra-op threads fighting over the shared cores; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def batch(tokenizer):
     # Different lengths, so that the batch is left-padded

@@ -33,15 +33,6 @@ ARITHMETIC = str(FIXTURES / "arithmetic.jsonl")  # columns: question, answer
 EOS = 3  # tiny_config's and the char tokenizer's EOS id
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run 100x slower with intra-op threads fighting over the shared cores; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fast_config(tmp_path, **overrides) -> EvalConfig:
     """Tiny budgets: three prompts, a handful of tokens."""
     kwargs = dict(
