@@ -19,28 +19,16 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from .model_parts import SUPPORTED_MODEL_TYPES, decoder_layers_of, decoder_of
+
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ADAPTER_INITS = ("identity", "kaiming")
 # Config attribute holding the marker; a plain dict so that it serialises in config.json
 MARKER = "layer_adapter"
 # The residual writers of a decoder layer: zeroed for the identity init, and LoRA on the adapter must include them
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
-
-
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The decoder stack (the module holding `layers`) of a causal LM, through a PEFT wrapper if any."""
-    if hasattr(model, "get_base_model"):  # PeftModel: LoRA layers live inside the base model's modules
-        model = model.get_base_model()
-    decoder = getattr(model, "model", None)
-    if decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
-        raise ValueError(
-            f"{type(model).__name__} has no decoder stack at `model.model.layers`; the layer adapter supports causal "
-            f"LMs of the families {', '.join(SUPPORTED_MODEL_TYPES)} (e.g. `LlamaForCausalLM`, `Qwen2ForCausalLM`)."
-        )
-    return decoder
 
 
 def check_supported(config: PretrainedConfig) -> None:
@@ -152,12 +140,13 @@ def freeze_all_but_adapter(model: nn.Module) -> None:
     if n == 0:
         raise ValueError("The model has no layer adapter; call `add_layer_adapter(model)` first.")
     model.requires_grad_(False)
-    for layer in decoder_of(model).layers[:n]:
+    for layer in decoder_layers_of(model)[:n]:
         layer.requires_grad_(True)
 
 
 def adapter_parameter_names(model: nn.Module) -> list[str]:
     """Names (as in `model.named_parameters()`) of the parameters that belong to the adapter layers."""
+    decoder_layers_of(model)  # a clear error for architectures without `model.model.layers`
     decoder = decoder_of(model)
     n = num_layer_adapters(decoder.config)
     adapter_ids = {id(p) for layer in decoder.layers[:n] for p in layer.parameters()}
@@ -192,6 +181,7 @@ def add_layer_adapter(model: PreTrainedModel, num_adapters: int = 1, init: str =
             f"The model already has {existing} adapter layer(s) (`config.{MARKER}`); train it as it is, or expand "
             "the base model with the number of adapter layers you want."
         )
+    decoder_layers_of(model)  # a clear error for architectures without `model.model.layers`
     decoder = decoder_of(model)
     source = decoder.layers[0]
     if any(hasattr(p, "ds_id") for p in source.parameters()):
@@ -243,6 +233,7 @@ def bypass_layer_adapter(model: nn.Module):
     are shifted back, so that masks and KV caches built inside the block see an L-layer model; all of it is restored on
     exit. Works through a PEFT wrapper (LoRA on the adapter layers is skipped with them).
     """
+    decoder_layers_of(model)  # a clear error for architectures without `model.model.layers`
     decoder = decoder_of(model)
     config = decoder.config
     n = num_layer_adapters(config)

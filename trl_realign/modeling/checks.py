@@ -9,15 +9,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .model_parts import decoder_of
+
 
 logger = logging.getLogger(__name__)
-
-
-def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack of a causal LM (its forward returns `last_hidden_state`), through a PEFT wrapper if any."""
-    if hasattr(model, "get_base_model"):  # PeftModel: LoRA layers live inside the base model's modules
-        model = model.get_base_model()
-    return model.base_model
 
 
 def check_same_tokenizer(
@@ -100,7 +95,7 @@ def check_linear_output_head(model: PreTrainedModel, role: str, probe: bool = Tr
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=input_ids, use_cache=False).logits.float()
-        hidden = backbone_of(model)(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = decoder_of(model)(input_ids=input_ids, use_cache=False).last_hidden_state
         linear = F.linear(hidden, head.weight, head.bias).float()
     model.train(was_training)
     if not torch.allclose(logits, linear, rtol=1e-2, atol=1e-2 * linear.abs().max().item() + 1e-6):

@@ -25,8 +25,9 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 from transformers.utils import can_return_tuple
 
-from .adapter import add_layer_adapter, check_supported, decoder_of, get_layer_adapter_config, mark_layer_adapter
+from .adapter import add_layer_adapter, check_supported, get_layer_adapter_config, mark_layer_adapter
 from .inra_cache import InRaCache
+from .model_parts import decoder_layers_of, decoder_of, is_peft_model
 from .realign_lambda import check_realign_lambda
 
 
@@ -170,7 +171,7 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         Wrap an expanded causal LM in memory. The weights are shared, not copied. For a model without the marker,
         `num_adapters` marks its config (in place) the way `mark_layer_adapter` does.
         """
-        if hasattr(model, "peft_config"):
+        if is_peft_model(model):
             raise ValueError(
                 "InRaForCausalLM wraps plain models; merge the LoRA weights into the adapter layers first "
                 "(`model = model.merge_and_unload()`)."
@@ -219,7 +220,7 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         weights = {name.removeprefix(_ADAPTER_KEY_PREFIX): tensor for name, tensor in weights.items()}
         # Checked against the base's bottom layer (each adapter is a copy of it) before `base` is touched, so a bad
         # artifact leaves the caller's model as it was
-        bottom = {name: tensor.shape for name, tensor in decoder_of(base).layers[0].state_dict().items()}
+        bottom = {name: tensor.shape for name, tensor in decoder_layers_of(base)[0].state_dict().items()}
         expected_shapes = {f"{i}.{name}": shape for i in range(n) for name, shape in bottom.items()}
         wrong = sorted(
             name for name in expected_shapes.keys() | weights.keys()
@@ -232,7 +233,7 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
                 "trained on."
             )
         add_layer_adapter(base, num_adapters=n)
-        nn.ModuleList(decoder_of(base).layers[:n]).load_state_dict(weights, strict=True)
+        nn.ModuleList(decoder_layers_of(base)[:n]).load_state_dict(weights, strict=True)
         marker = get_layer_adapter_config(config)
         marker.update(init=adapter_config.get("init", marker["init"]))
         if adapter_config.get("base_model_name_or_path"):

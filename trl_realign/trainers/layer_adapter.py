@@ -22,10 +22,10 @@ from ..modeling.adapter import (
     add_layer_adapter,
     bypass_layer_adapter,
     check_supported,
-    decoder_of,
     freeze_all_but_adapter,
     get_layer_adapter_config,
 )
+from ..modeling.model_parts import decoder_of, is_peft_model
 
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def prepare_layer_adapter_model(
     `args.model_init_kwargs`). Every parameter outside the adapter layers is frozen. With `args.adapter_lora` (or a
     `peft_config`), the returned `LoraConfig` is restricted to the adapter layers; the trainer applies it.
     """
-    if hasattr(model, "get_base_model"):
+    if is_peft_model(model):
         raise ValueError(
             "Pass the plain model (or its path), not a PEFT model: LoRA on the adapter is set up by the trainer "
             "(`adapter_lora=True` or `peft_config=`)."

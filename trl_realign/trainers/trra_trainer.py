@@ -14,21 +14,17 @@ from trl.models.utils import _ForwardRedirection  # private: pinned by trl<1.17 
 
 from ..losses import TeacherHead, streamed_realign_divergence
 from ..modeling.checks import (
-    backbone_of,
     check_linear_output_head,
     check_tokenizer_of,
     check_vocab_rows,
 )
+from ..modeling.model_parts import decoder_of, is_peft_model, unwrap_peft
 from .trra_config import TrRaConfig
 
 
 logger = logging.getLogger(__name__)
 
 _BACKBONE_KEYS = ("input_ids", "attention_mask", "position_ids")
-
-
-def _is_peft_model(model) -> bool:
-    return hasattr(model, "get_base_model") and hasattr(model, "disable_adapter")
 
 
 class TrRaTrainer(SFTTrainer):
@@ -85,7 +81,7 @@ class TrRaTrainer(SFTTrainer):
                 "`TrRaConfig.aligned_model_name_or_path`."
             )
         ref_model = ref_model if ref_model is not None else args.ref_model_name_or_path
-        peft_student = peft_config is not None or _is_peft_model(model)
+        peft_student = peft_config is not None or is_peft_model(model)
 
         # The copy must be taken before `SFTTrainer` patches the student's forward and before PEFT wraps it
         if ref_model is None and not peft_student:
@@ -126,7 +122,7 @@ class TrRaTrainer(SFTTrainer):
         ref_model = self._load_teacher(ref_model, "reference model") if ref_model is not None else None
 
         probe = not is_deepspeed_zero3_enabled()
-        student = self.model.get_base_model() if _is_peft_model(self.model) else self.model
+        student = unwrap_peft(self.model)
         check_linear_output_head(student, "student", probe=probe)
         check_vocab_rows(student, self.vocab_size, "student")
         for role, teacher in (("aligned model", aligned_model), ("reference model", ref_model)):
@@ -148,7 +144,7 @@ class TrRaTrainer(SFTTrainer):
             init_kwargs.setdefault("dtype", "auto")
             logger.info("Loading the %s from %s", role, model)
             model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
-        elif _is_peft_model(model):
+        elif is_peft_model(model):
             raise ValueError(
                 f"The {role} is a PEFT model; merge its adapter first (`model.merge_and_unload()`) and pass the result."
             )
@@ -196,7 +192,7 @@ class TrRaTrainer(SFTTrainer):
         return torch.tensor([inputs["input_ids"].numel()], device=inputs["input_ids"].device)
 
     def _hidden_states(self, model, backbone_inputs, mask):
-        hidden = backbone_of(model)(**backbone_inputs, use_cache=False).last_hidden_state
+        hidden = decoder_of(model)(**backbone_inputs, use_cache=False).last_hidden_state
         return hidden[:, :-1][mask]
 
     def _compute_loss(self, student, inputs, num_items_in_batch):
