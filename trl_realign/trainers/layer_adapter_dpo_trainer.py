@@ -5,13 +5,9 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 from trl import DPOTrainer
 
-from .layer_adapter import (
-    AdapterBypassedModel,
-    CompletionLengthMetricMixin,
-    log_adapter_setup,
-    prepare_layer_adapter_model,
-    resolve_adapter_args,
-)
+from .completion_length_metric import CompletionLengthMetricMixin
+from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
+from .layer_adapter_reference import AdapterBypassedModel
 from .layer_adapter_dpo_config import LayerAdapterDPOConfig
 
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 from trl import SFTTrainer
 
-from .layer_adapter import (
-    CompletionLengthMetricMixin,
-    log_adapter_setup,
-    prepare_layer_adapter_model,
-    resolve_adapter_args,
-)
+from .completion_length_metric import CompletionLengthMetricMixin
+from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
 from .layer_adapter_sft_config import LayerAdapterSFTConfig
 
 

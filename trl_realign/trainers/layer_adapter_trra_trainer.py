@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from .layer_adapter import (
-    AdapterBypassedModel,
-    log_adapter_setup,
-    prepare_layer_adapter_model,
-    resolve_adapter_args,
-)
+from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
+from .layer_adapter_reference import AdapterBypassedModel
 from .layer_adapter_trra_config import LayerAdapterTrRaConfig
 from .trra_trainer import TrRaTrainer
 
