@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel, enable_full_determinism, set_seed
 
 from ..modeling.adapter import add_layer_adapter, check_supported, freeze_all_but_adapter, get_layer_adapter_config
 from ..modeling.model_parts import decoder_of, is_peft_model
 from .layer_adapter_arguments import LayerAdapterArguments
-from .layer_adapter_lora import adapter_lora_config
+from .layer_adapter_lora import adapter_lora_config, check_lora_can_be_merged
 
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ def prepare_layer_adapter_model(
 
     `model` is a base model (expanded with `args.num_adapters` adapter layers) or an expanded model or checkpoint
     (recognised by its `config.layer_adapter` marker), as an instance or a hub id/path (loaded with
-    `args.model_init_kwargs`). Every parameter outside the adapter layers is frozen. With `args.adapter_lora` (or a
-    `peft_config`), the returned `LoraConfig` is restricted to the adapter layers; the trainer applies it.
+    `args.model_init_kwargs`). The random initialisations follow `args.seed`. Every parameter outside the adapter
+    layers is frozen. With `args.adapter_lora` (or a `peft_config`), the returned `LoraConfig` is restricted to the adapter layers; the trainer applies it.
     """
     if is_peft_model(model):
         raise ValueError(
@@ -45,6 +45,10 @@ def prepare_layer_adapter_model(
         model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
     check_supported(model.config)
     marker = get_layer_adapter_config(model.config)
+    # `Trainer.__init__` seeds only after the model exists: seeding here makes the adapter's init (kaiming) and the LoRA
+    # init (in the TRL parent's `__init__`) follow `args.seed`, so that a resumed run re-creates the frozen weights
+    # that PEFT checkpoints do not hold
+    seed_everything(args)
     if marker is None:
         add_layer_adapter(model, num_adapters=args.num_adapters, init=args.adapter_init)
     elif marker["num_adapters"] != args.num_adapters:
@@ -55,14 +59,22 @@ def prepare_layer_adapter_model(
         )
     else:
         freeze_all_but_adapter(model)
-    n = args.num_adapters
     if args.adapter_lora or peft_config is not None:
-        peft_config = adapter_lora_config(args, n, peft_config)
+        check_lora_can_be_merged(args)
+        peft_config = adapter_lora_config(args, model, peft_config)
     if getattr(args, "gradient_checkpointing", False):
         # The frozen embeddings give the first (adapter) layer an input without grad: reentrant checkpointing would
         # then drop the adapter's gradients. Harmless for non-reentrant checkpointing.
         model.enable_input_require_grads()
     return model, peft_config
+
+
+def seed_everything(args) -> None:
+    """Seed as `Trainer.__init__` does (`full_determinism` included)."""
+    if getattr(args, "full_determinism", False):
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
 
 
 def resolve_adapter_args(model, args, config_cls, suffix: str, trainer_kwargs: dict | None = None):

@@ -32,7 +32,8 @@ class LayerAdapterArguments:
         adapter_lora_target_modules (`list[str]`, *optional*):
             Modules of the adapter layers that get LoRA. Must include `o_proj` and `down_proj`: with the identity init
             those are zero and the only writers to the residual stream, so without them every LoRA gradient is exactly
-            zero forever. Defaults to every attention and MLP projection.
+            zero forever. `"all-linear"` (PEFT's shorthand) selects every linear module of the adapter layers.
+            Defaults to every attention and MLP projection.
     """
 
     num_adapters: int = field(default=1, metadata={"help": "Adapter layers inserted before the original layers."})
@@ -46,7 +47,7 @@ class LayerAdapterArguments:
     adapter_lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (adapter_lora only)."})
     adapter_lora_target_modules: list[str] = field(
         default_factory=lambda: list(DEFAULT_LORA_TARGETS),
-        metadata={"help": "Adapter-layer modules that get LoRA; must include o_proj and down_proj."},
+        metadata={"help": "Adapter-layer modules that get LoRA; must include o_proj and down_proj ('all-linear' does)."},
     )
 
     def __post_init__(self):
