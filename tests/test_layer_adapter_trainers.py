@@ -416,3 +416,11 @@ def test_cli_with_lora_saves_and_reports_the_plain_model_and_the_adapter(tmp_pat
     rebuilt = InRaForCausalLM.from_base_and_adapter(copy.deepcopy(base), out / "layer_adapter")
     torch.testing.assert_close(batch_logits(rebuilt, tokenizer), batch_logits(loaded, tokenizer), rtol=0, atol=0)
     assert (batch_logits(loaded, tokenizer) - batch_logits(base, tokenizer)).abs().max() > 1e-3
+
+
+def test_lora_on_the_adapter_is_refused_where_it_cannot_be_merged(tmp_path, tokenizer, monkeypatch):
+    from trl_realign.trainers import layer_adapter_lora
+
+    monkeypatch.setattr(layer_adapter_lora, "is_deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(ValueError, match="not supported under DeepSpeed ZeRO-3 or FSDP.*adapter_lora=False"):
+        adapter_trainer("sft", base_model(tokenizer), tmp_path, tokenizer, adapter_lora=True)
