@@ -18,6 +18,7 @@ from trl_realign.evaluation import (
     extract_boxed,
     generate_completions,
     get_scorer,
+    lambda_sweep_figure,
     load_eval_dataset,
     math_verify_scorer,
     plot_lambda_sweep,
@@ -57,6 +58,20 @@ def greedy(model, tokenizer, text, max_new_tokens=6):
     return out[0, inputs["input_ids"].shape[1] :]
 
 
+def model_that_stops_sometimes(tokenizer, prompts, seed=1, max_new_tokens=6):
+    """
+    A tiny model with a second EOS id: a token it emits greedily on the first prompt but not on some other prompt, so
+    that within `max_new_tokens` some greedy completions end in EOS and others run out of tokens. Returns the model and
+    that id.
+    """
+    model = tiny_causal_lm("llama", seed=seed, vocab_size=len(tokenizer))
+    completions = [greedy(model, tokenizer, prompt, max_new_tokens).tolist() for prompt in prompts]
+    others = completions[1:]
+    stop_id = next(t for t in completions[0] if t != EOS and any(t not in other for other in others))
+    model.generation_config.eos_token_id = [EOS, stop_id]
+    return model, stop_id
+
+
 def read_outputs(output_dir):
     records = [json.loads(line) for line in open(os.path.join(output_dir, "samples.jsonl"))]
     summary = json.load(open(os.path.join(output_dir, "summary.json")))
@@ -75,6 +90,7 @@ def assert_outputs_agree(output_dir, returned):
         assert float(row["realign_lambda"]) == expected["realign_lambda"]
         assert float(row["accuracy"]) == pytest.approx(expected["accuracy"])
         assert float(row["mean_tokens"]) == pytest.approx(expected["mean_tokens"])
+        assert float(row["truncation_rate"]) == pytest.approx(expected["truncation_rate"])
         assert int(row["num_samples"]) == expected["num_samples"]
     for entry in summary:  # and summarize() itself against a direct computation
         key = (entry["model"], entry["realign_lambda"])
@@ -82,6 +98,7 @@ def assert_outputs_agree(output_dir, returned):
         assert entry["num_samples"] == len(rows_of)
         assert entry["accuracy"] == pytest.approx(sum(r["score"] for r in rows_of) / len(rows_of))
         assert entry["mean_tokens"] == pytest.approx(sum(r["num_tokens"] for r in rows_of) / len(rows_of))
+        assert entry["truncation_rate"] == pytest.approx(sum(not r["finished"] for r in rows_of) / len(rows_of))
     assert_valid_png(os.path.join(output_dir, "lambda_sweep.png"))
     return records
 
@@ -106,6 +123,13 @@ def test_scorers_on_fixture(case):
         assert math_verify_scorer(case["completion"], case["answer"]) == case["math_verify"]
 
 
+def test_math_verify_needs_an_anchored_answer():
+    """As TRL's accuracy_reward: a number the trace merely ends on is no answer; a box or "the answer is" is."""
+    assert math_verify_scorer("Let me think... 2+3 is 5, wait let me recheck 5", "5") == 0.0
+    assert math_verify_scorer("Let me think... so the final answer is 5", "5") == 1.0
+    assert math_verify_scorer(r"Let me think... $x = \boxed{5}$", "5") == 1.0
+
+
 def test_extract_boxed_takes_the_last_balanced_box():
     assert extract_boxed(r"first \boxed{1}, then \boxed{\frac{a}{b}} done") == r"\frac{a}{b}"
     assert extract_boxed(r"\boxed{\{1, \{2\}\}}") == r"\{1, \{2\}\}"
@@ -127,6 +151,30 @@ def test_custom_scorer_and_scorer_lookup():
         score(lambda c, a: 2.0, "x", "y")
     with pytest.raises(TypeError, match="float or a bool"):
         score(lambda c, a: "yes", "x", "y")
+
+
+def test_truncated_samples_score_zero_unless_asked(tmp_path, tokenizer):
+    """A completion that ran out of tokens has no final answer: it scores 0, whatever the scorer says of its text."""
+
+    def always_right(completion, answer):
+        return 1.0
+
+    common = dict(realign_lambdas=[1.0], temperature=0.0, num_samples=1)
+    strict_args = fast_config(tmp_path / "strict", **common)
+    questions = [json.loads(line)["question"] for line in open(ARITHMETIC)]
+    model, _ = model_that_stops_sometimes(tokenizer, build_prompts(questions, tokenizer, strict_args))
+    strict = evaluate(strict_args, checkpoints=[model], tokenizer=tokenizer, scorer=always_right)
+    records = assert_outputs_agree(strict_args.output_dir, strict)
+    finished = [record["finished"] for record in records]
+    assert True in finished and False in finished
+    assert [record["score"] for record in records] == [float(f) for f in finished]
+    truncation_rate = finished.count(False) / len(finished)
+    assert strict[0]["truncation_rate"] == pytest.approx(truncation_rate)
+    assert strict[0]["accuracy"] == pytest.approx(1 - truncation_rate)
+
+    lenient_args = fast_config(tmp_path / "lenient", score_truncated=True, **common)
+    lenient = evaluate(lenient_args, checkpoints=[model], tokenizer=tokenizer, scorer=always_right)
+    assert lenient[0]["accuracy"] == 1.0 and lenient[0]["truncation_rate"] == pytest.approx(truncation_rate)
 
 
 def test_unparseable_gold_answers_fail_before_generation(tmp_path, tokenizer):
@@ -247,23 +295,35 @@ def test_eval_config_validates_and_parses_with_trl_parser(tmp_path):
     config_file = tmp_path / "eval.yaml"
     config_file.write_text("checkpoints: [a, b]\nrealign_lambdas: [0.5, 1.5]\nnum_samples: 4\n")
     (args,) = TrlParser((EvalConfig,)).parse_args_and_config(
-        ["--config", str(config_file), "--report_to", "wandb", "--use_chat_template", "false", "--top_p", "0.9"]
+        ["--config", str(config_file), "--report_to", "wandb", "--use_chat_template", "false", "--top_p", "0.9",
+         "--score_truncated", "true"]
     )
     assert args.checkpoints == ["a", "b"] and args.realign_lambdas == [0.5, 1.5] and args.num_samples == 4
     assert args.report_to == ["wandb"] and args.use_chat_template is False and args.top_p == 0.9
     assert (args.temperature, args.max_new_tokens) == (0.7, 4096)
+    assert args.score_truncated is True and EvalConfig().score_truncated is False
 
 
 # ---------------------------------------------------------------------------------------------------------- plotting
 
 
-def test_plot_is_a_png(tmp_path):
+def test_plot_is_a_png_with_accuracy_truncation_and_tokens(tmp_path):
     summary = [
-        {"method": "inra", "realign_lambda": lam, "accuracy": acc, "mean_tokens": tokens}
-        for lam, acc, tokens in [(1.0, 0.3, 900.0), (0.0, 0.2, 1500.0), (0.5, 0.25, 1200.0)]
+        {"method": "inra", "realign_lambda": lam, "accuracy": acc, "truncation_rate": cut, "mean_tokens": tokens}
+        for lam, acc, cut, tokens in [(1.0, 0.3, 0.1, 900.0), (0.0, 0.2, 0.4, 1500.0), (0.5, 0.25, 0.2, 1200.0)]
     ]
     path = plot_lambda_sweep(summary, str(tmp_path / "sweep.png"), title="MATH-500")
-    assert_valid_png(path, size=(1200, 480))
+    assert_valid_png(path, size=(1680, 480))
+    panels = lambda_sweep_figure(summary).axes
+    assert [axes.get_ylabel() for axes in panels] == [
+        "Accuracy (Pass@1, %)", "Truncated (no EOS, %)", "Mean generated tokens"
+    ]
+    for axes, expected in zip(panels, ([20, 25, 30], [40, 20, 10], [1500, 1200, 900])):
+        (line,) = axes.get_lines()[:1]
+        assert list(line.get_xdata()) == [0.0, 0.5, 1.0]
+        assert list(line.get_ydata()) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="truncation_rate"):
+        plot_lambda_sweep([{k: v for k, v in summary[0].items() if k != "truncation_rate"}], str(tmp_path / "x.png"))
     with pytest.raises(ValueError, match="empty"):
         plot_lambda_sweep([], str(tmp_path / "empty.png"))
 
@@ -322,7 +382,7 @@ def test_evaluate_sampling_with_custom_scorer(tmp_path, tokenizer, inra_setup, c
     def even_length(completion, answer):  # a scorer with a non-trivial mean
         return len(completion) % 2 == 0
 
-    args = fast_config(tmp_path, realign_lambdas=[-0.5, 1.5], num_samples=3, disable_tqdm=False)
+    args = fast_config(tmp_path, realign_lambdas=[-0.5, 1.5], num_samples=3, disable_tqdm=False, score_truncated=True)
     summary = evaluate(args, model=inra, tokenizer=tokenizer, scorer=even_length)
     progress_bar = capfd.readouterr().err
     assert "λ sweep" in progress_bar and "6/6" in progress_bar  # 3 prompts × 2 λ
@@ -403,7 +463,7 @@ def test_evaluate_logs_a_wandb_table(tmp_path, tokenizer, monkeypatch):
     sweep = [t for t in tables if os.path.basename(t).startswith("lambda_sweep")]
     assert len(sweep) == 1 and any(os.path.basename(t).startswith("samples") for t in tables)
     table = json.load(open(sweep[0]))
-    assert table["columns"] == list(summary[0])
+    assert table["columns"] == list(summary[0]) and "truncation_rate" in table["columns"]
     assert table["data"] == [[row[c] for c in table["columns"]] for row in summary]
     import wandb
 

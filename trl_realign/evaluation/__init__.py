@@ -1,8 +1,8 @@
-"""λ-sweep evaluation: sampling, answer checking, token counts, summary files, plot and wandb table."""
+"""λ-sweep evaluation: sampling, answer checking, token counts, truncation, summary files, plot and wandb table."""
 
 from .data import build_prompts, load_eval_dataset
 from .generation import Completion, count_generated_tokens, generate_completions
-from .plots import plot_lambda_sweep
+from .plots import lambda_sweep_figure, plot_lambda_sweep
 from .scoring import SCORERS, exact_match_scorer, extract_boxed, get_scorer, math_verify_scorer
 from .lambda_sweep import EvalConfig, evaluate, summarize
 
@@ -18,6 +18,7 @@ __all__ = [
     "extract_boxed",
     "generate_completions",
     "get_scorer",
+    "lambda_sweep_figure",
     "load_eval_dataset",
     "math_verify_scorer",
     "plot_lambda_sweep",

@@ -3,10 +3,10 @@
 
 It samples n completions per prompt for every λ, scores them, counts their tokens and writes, in `output_dir`:
 
-- `samples.jsonl`: one line per completion (model, λ, prompt, answer, completion, tokens, score);
-- `summary.json` and `summary.csv`: one row per (model, λ) with accuracy (Pass@1 averaged over samples), mean generated
-  tokens, the fraction of completions that ended in EOS, and the counts;
-- `lambda_sweep.png`: accuracy and mean generated tokens against λ;
+- `samples.jsonl`: one line per completion (model, λ, prompt, answer, completion, tokens, finished, score);
+- `summary.json` and `summary.csv`: one row per (model, λ) with accuracy (Pass@1 averaged over samples), the
+  truncation rate (completions that ran out of tokens before EOS), mean generated tokens, and the counts;
+- `lambda_sweep.png`: accuracy, truncation rate and mean generated tokens against λ;
 
 and logs the summary as a wandb table when wandb is enabled.
 """
@@ -74,6 +74,8 @@ class EvalConfig:
         batch_size (`int`, defaults to `8`): prompts per `generate()` call (each expands to `num_samples` rows).
         scorer (`str`, defaults to `"math_verify"`): `"math_verify"` or `"exact_match"` (or pass a callable to
             [`evaluate`]).
+        score_truncated (`bool`, defaults to `False`): also score completions that reached `max_new_tokens` without
+            EOS. By default they score 0: an unfinished trace has no final answer, whatever number it stopped on.
         seed (`int`, defaults to `42`): reset before each model's generation, so every model gets the same draws.
         dtype, attn_implementation, device: how models given as paths are loaded and where they run.
         report_to (`list[str]`): `["wandb"]` logs the summary table, the samples and the plot to wandb.
@@ -116,6 +118,10 @@ class EvalConfig:
     max_new_tokens: int = field(default=4096, metadata={"help": "Maximum generated tokens per completion."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
     scorer: str = field(default="math_verify", metadata={"help": "'math_verify' or 'exact_match'."})
+    score_truncated: bool = field(
+        default=False,
+        metadata={"help": "Score completions that hit max_new_tokens without EOS (by default they score 0)."},
+    )
     seed: int = field(default=42, metadata={"help": "Random seed, reset before each model's generation."})
     dtype: str = field(
         default="auto", metadata={"help": "dtype of models loaded from paths ('auto', 'bfloat16', ...)."}
@@ -275,7 +281,7 @@ def _checkpoint_candidates(args, checkpoints, tokenizer, lambdas) -> list[_Candi
 def summarize(records: Sequence[dict]) -> list[dict]:
     """
     One row per (model, λ), in order of first appearance: accuracy (mean score, i.e. Pass@1 averaged over samples),
-    mean generated tokens, the fraction of completions that ended in EOS, and the prompt and sample counts.
+    truncation rate (the fraction of completions without EOS), mean generated tokens, and the prompt and sample counts.
     """
     groups: dict[tuple, list[dict]] = {}
     for record in records:
@@ -289,8 +295,8 @@ def summarize(records: Sequence[dict]) -> list[dict]:
                 "model": model,
                 "realign_lambda": realign_lambda,
                 "accuracy": sum(row["score"] for row in rows) / n,
+                "truncation_rate": sum(not row["finished"] for row in rows) / n,
                 "mean_tokens": sum(row["num_tokens"] for row in rows) / n,
-                "finished_rate": sum(row["finished"] for row in rows) / n,
                 "num_prompts": len({row["prompt_index"] for row in rows}),
                 "num_samples": n,
             }
@@ -381,8 +387,8 @@ def evaluate(
             `args.scorer`.
 
     Returns:
-        `list[dict]`: one row per (model, λ) with `method`, `model`, `realign_lambda`, `accuracy`, `mean_tokens`,
-        `finished_rate`, `num_prompts` and `num_samples` (also in `summary.json` / `summary.csv`).
+        `list[dict]`: one row per (model, λ) with `method`, `model`, `realign_lambda`, `accuracy`, `truncation_rate`,
+        `mean_tokens`, `num_prompts` and `num_samples` (also in `summary.json` / `summary.csv`).
     """
     from tqdm.auto import tqdm
 
@@ -438,7 +444,7 @@ def evaluate(
                             "completion": completion.text,
                             "num_tokens": completion.num_tokens,
                             "finished": completion.finished,
-                            "score": score(scorer_fn, completion.text, answers[i]),
+                            "score": _score(args, scorer_fn, completion, answers[i]),
                         }
                     )
             records += sorted(candidate_records, key=lambda record: record["realign_lambda"])  # stable: by prompt
@@ -449,6 +455,12 @@ def evaluate(
     if _wandb_enabled(args):
         _log_to_wandb(args, summary, records, plot_path)
     return summary
+
+
+def _score(args: EvalConfig, scorer_fn: Scorer, completion, answer: str) -> float:
+    if not completion.finished and not args.score_truncated:
+        return 0.0
+    return score(scorer_fn, completion.text, answer)
 
 
 def _with_pad_token(tokenizer):
