@@ -11,6 +11,7 @@ from datasets import Dataset, DatasetDict
 
 from trl_realign.evaluation import (
     EvalConfig,
+    SamplingSettings,
     build_prompts,
     count_generated_tokens,
     evaluate,
@@ -227,7 +228,7 @@ def test_generate_completions_equals_each_prompt_alone(tokenizer):
         num_samples=1,
         batch_size=3,
         eos_token_ids=eos_ids,
-        generation_kwargs={"max_new_tokens": 8, "do_sample": False},
+        sampling=SamplingSettings(max_new_tokens=8),
     )
     assert [len(samples) for samples in completions] == [1, 1, 1, 1]
     for prompt, samples in zip(prompts, completions):
@@ -244,9 +245,9 @@ def test_generate_completions_equals_each_prompt_alone(tokenizer):
 def test_generate_completions_needs_a_mixing_model_for_lambdas(tokenizer):
     model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
     with pytest.raises(ValueError, match="realign_lambda"):
-        generate_completions(model, tokenizer, ["a"], [0.5], eos_token_ids=[EOS])
+        generate_completions(model, tokenizer, ["a"], [0.5], sampling=SamplingSettings(4), eos_token_ids=[EOS])
     with pytest.raises(ValueError, match="one per prompt"):
-        generate_completions(model, tokenizer, ["a", "b"], [0.5], eos_token_ids=[EOS])
+        generate_completions(model, tokenizer, ["a", "b"], [0.5], sampling=SamplingSettings(4), eos_token_ids=[EOS])
 
 
 # ----------------------------------------------------------------------------------------------------- data, prompts

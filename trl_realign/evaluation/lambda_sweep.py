@@ -26,7 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, s
 from ..modeling.checks import check_same_tokenizer
 from ..modeling.dera import DeRaForCausalLM
 from .data import build_prompts, load_eval_dataset
-from .generation import accepts_realign_lambda, generate_completions
+from .completions import SamplingSettings
+from .generation import TransformersBackend, accepts_realign_lambda
 from .plots import plot_lambda_sweep
 from .scoring import Scorer, check_answers, get_scorer, score
 
@@ -322,16 +323,6 @@ def _load_examples(args: EvalConfig, dataset) -> tuple[list, list[str]]:
     return examples[args.prompt_column], [str(answer) for answer in examples[args.answer_column]]
 
 
-def _eos_token_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError("Neither the model's generation config nor the tokenizer defines an EOS token.")
-    return ids
-
-
 def _wandb_enabled(args: EvalConfig) -> bool:
     if "wandb" in args.report_to or "all" in args.report_to:
         return True
@@ -399,11 +390,7 @@ def evaluate(
     check_answers(answers, scorer_fn)  # before any generation
     os.makedirs(args.output_dir, exist_ok=True)
 
-    generation_kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0}
-    if args.temperature > 0:
-        generation_kwargs.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-    else:  # greedy: the model's own sampling defaults must not leak in
-        generation_kwargs.update(temperature=None, top_p=None, top_k=None)
+    sampling = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k)
 
     total = len(raw_prompts) * sum(len(candidate.realign_lambdas) for candidate in candidates)
     records = []
@@ -417,18 +404,15 @@ def evaluate(
             rows = [(i, lam) for i in range(len(prompts)) for lam in candidate.realign_lambdas]
             progress.set_postfix_str(candidate.label)
             set_seed(args.seed)
-            completions = generate_completions(
+            complete = TransformersBackend(
                 loaded_model,
                 loaded_tokenizer,
-                [prompts[i] for i, _ in rows],
-                [lam for _, lam in rows] if candidate.mixes else None,
-                num_samples=args.num_samples,
                 batch_size=args.batch_size,
-                eos_token_ids=_eos_token_ids(loaded_model, loaded_tokenizer),
                 add_special_tokens=not args.use_chat_template,
-                generation_kwargs=generation_kwargs,
                 progress=progress,
             )
+            lambdas = [lam for _, lam in rows] if candidate.mixes else None
+            completions = complete([prompts[i] for i, _ in rows], lambdas, sampling, args.num_samples)
             candidate_records = []
             for (i, lam), samples in zip(rows, completions):
                 for j, completion in enumerate(samples):
