@@ -471,6 +471,26 @@ def test_evaluate_logs_a_wandb_table(tmp_path, tokenizer, monkeypatch):
     assert wandb.run is None  # evaluate finished the run it started
 
 
+def test_evaluate_leaves_an_active_wandb_run_alone_unless_report_to_says_wandb(tmp_path, tokenizer, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    run = wandb.init(mode="offline", project="user-run")
+    logged = []
+    monkeypatch.setattr(run, "log", lambda *args, **kwargs: logged.append(args))
+    try:
+        common = dict(realign_lambdas=[1.0], num_samples=1, temperature=0.0)
+        evaluate(fast_config(tmp_path / "quiet", report_to=[], **common), checkpoints=[model], tokenizer=tokenizer)
+        assert logged == [] and wandb.run is run
+        evaluate(fast_config(tmp_path / "loud", report_to=["wandb"], **common), checkpoints=[model], tokenizer=tokenizer)
+        assert len(logged) == 1 and "eval/lambda_sweep" in logged[0][0]
+        assert wandb.run is run  # the user's run is logged into, not finished
+    finally:
+        run.finish()
+
+
 def test_evaluate_rejects_bad_input_before_loading(tmp_path, tokenizer):
     model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
     with pytest.raises(ValueError, match="No model"):

@@ -8,7 +8,7 @@ It samples n completions per prompt for every λ, scores them, counts their toke
   truncation rate (completions that ran out of tokens before EOS), mean generated tokens, and the counts;
 - `lambda_sweep.png`: accuracy, truncation rate and mean generated tokens against λ;
 
-and logs the summary as a wandb table when wandb is enabled.
+and logs the summary as a wandb table when `report_to` includes `"wandb"`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class EvalConfig:
             EOS. By default they score 0: an unfinished trace has no final answer, whatever number it stopped on.
         seed (`int`, defaults to `42`): reset before each model's generation, so every model gets the same draws.
         dtype, attn_implementation, device: how models given as paths are loaded and where they run.
-        report_to (`list[str]`): `["wandb"]` logs the summary table, the samples and the plot to wandb.
+        report_to (`list[str]`): `["wandb"]` logs the summary table, the samples and the plot to wandb (into the active
+            run if there is one); without `"wandb"` (or `"all"`) nothing is logged, even with a run open.
         run_name (`str`, *optional*): the wandb run name when `evaluate` starts the run.
         disable_tqdm (`bool`, defaults to `False`): hide the progress bar.
     """
@@ -324,13 +325,14 @@ def _load_examples(args: EvalConfig, dataset) -> tuple[list, list[str]]:
 
 
 def _wandb_enabled(args: EvalConfig) -> bool:
-    if "wandb" in args.report_to or "all" in args.report_to:
+    """As the `Trainer`: `report_to` alone decides, so a wandb run the caller has open gets nothing unless asked."""
+    if "wandb" in args.report_to:
         return True
-    try:
-        import wandb
-    except ImportError:
+    if "all" not in args.report_to:
         return False
-    return wandb.run is not None
+    from transformers.integrations import is_wandb_available
+
+    return is_wandb_available()
 
 
 def _log_to_wandb(args: EvalConfig, summary: list[dict], records: list[dict], plot_path: str | None) -> None:
