@@ -374,6 +374,13 @@ def test_generate_needs_prompts(tmp_path, no_model_loading):
         main(["generate", "--model_name_or_path", str(tmp_path / "m")])
 
 
+def test_generate_refuses_sampling_at_temperature_zero(tmp_path, no_model_loading):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ValueError, match="--temperature. > 0"):
+        main(["generate", "--model_name_or_path", str(tmp_path / "m"), "--prompt", "1+1=", "--do_sample", "true",
+              "--temperature", "0"])  # fmt: skip
+
+
 def test_eval_command_refuses_a_missing_dataset(tmp_path, no_model_loading):
     (tmp_path / "m").mkdir()
     with pytest.raises(FileNotFoundError, match="does not exist"):

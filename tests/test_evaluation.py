@@ -23,6 +23,7 @@ from trl_realign.evaluation import (
     load_eval_dataset,
     math_verify_scorer,
     plot_lambda_sweep,
+    resolve_eos_token_ids,
     summarize,
 )
 from trl_realign.evaluation.scoring import check_answers, score
@@ -236,10 +237,30 @@ def test_generate_completions_equals_each_prompt_alone(tokenizer):
         reference = model.generate(
             **inputs, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=eos_ids
         )[0, inputs["input_ids"].shape[1] :]
-        assert samples[0].num_tokens == len(reference)
+        assert samples[0].num_tokens == len(reference) and samples[0].token_ids == reference.tolist()
         assert samples[0].finished == bool(torch.isin(reference, torch.tensor(eos_ids)).any())
         assert samples[0].text == tokenizer.decode(reference, skip_special_tokens=True)
     assert completions[longest][0].num_tokens <= 3 and completions[longest][0].finished
+
+
+def test_sampling_settings_reach_generate_and_eos_ids_come_from_model_and_tokenizer(tokenizer):
+    from trl_realign.evaluation.generation import generate_kwargs
+
+    greedy_kwargs = generate_kwargs(SamplingSettings(5, num_beams=2))
+    assert greedy_kwargs == {"max_new_tokens": 5, "num_beams": 2, "do_sample": False, "temperature": None,
+                             "top_p": None, "top_k": None}  # fmt: skip
+    sampled = generate_kwargs(SamplingSettings(5, temperature=0.7, top_p=0.9, top_k=20))
+    assert sampled == {"max_new_tokens": 5, "num_beams": 1, "do_sample": True, "temperature": 0.7, "top_p": 0.9,
+                       "top_k": 20}  # fmt: skip
+    for bad in (dict(max_new_tokens=0), dict(max_new_tokens=4, top_p=0.0), dict(max_new_tokens=4, temperature=-1)):
+        with pytest.raises(ValueError):
+            SamplingSettings(**bad)
+
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    model.generation_config.eos_token_id = [7, EOS]
+    assert resolve_eos_token_ids(model, tokenizer) == [7, EOS]
+    model.generation_config.eos_token_id = 9
+    assert resolve_eos_token_ids(model, tokenizer) == [9, tokenizer.eos_token_id]
 
 
 def test_generate_completions_needs_a_mixing_model_for_lambdas(tokenizer):
@@ -482,9 +503,11 @@ def test_evaluate_leaves_an_active_wandb_run_alone_unless_report_to_says_wandb(t
     monkeypatch.setattr(run, "log", lambda *args, **kwargs: logged.append(args))
     try:
         common = dict(realign_lambdas=[1.0], num_samples=1, temperature=0.0)
-        evaluate(fast_config(tmp_path / "quiet", report_to=[], **common), checkpoints=[model], tokenizer=tokenizer)
+        quiet = fast_config(tmp_path / "quiet", report_to=[], **common)
+        evaluate(quiet, checkpoints=[model], tokenizer=tokenizer)
         assert logged == [] and wandb.run is run
-        evaluate(fast_config(tmp_path / "loud", report_to=["wandb"], **common), checkpoints=[model], tokenizer=tokenizer)
+        loud = fast_config(tmp_path / "loud", report_to=["wandb"], **common)
+        evaluate(loud, checkpoints=[model], tokenizer=tokenizer)
         assert len(logged) == 1 and "eval/lambda_sweep" in logged[0][0]
         assert wandb.run is run  # the user's run is logged into, not finished
     finally:

@@ -68,7 +68,9 @@ def check(args: GenerateArguments) -> None:
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ValueError("`batch_size` and `max_new_tokens` must be positive.")
     if args.do_sample and args.temperature <= 0:
-        raise ValueError(f"`--do_sample` needs `--temperature` > 0, got {args.temperature}; drop --do_sample for greedy.")
+        raise ValueError(
+            f"`--do_sample` needs `--temperature` > 0, got {args.temperature}; drop `--do_sample` for greedy decoding."
+        )
 
 
 def read_prompts(args: GenerateArguments) -> list[str]:
