@@ -2,7 +2,8 @@
 
 It sweeps an InRa model (one batch holds several λ) and the DeRa baseline over the same two models, scores with exact
 match and writes samples, summaries and the plot under `outputs/lambda-sweep-*`. The models are tiny and random, so the
-numbers mean nothing. For a real sweep, point it at real checkpoints and MATH-500, for instance:
+numbers mean nothing; most of their completions run out of tokens before EOS, and a truncated completion scores 0
+(`score_truncated=True` scores it anyway). For a real sweep, point it at real checkpoints and MATH-500, for instance:
 
     from trl_realign.evaluation import EvalConfig, evaluate
 
@@ -67,7 +68,7 @@ dera_summary = evaluate(
 for inra_row, dera_row in zip(inra_summary, dera_summary):
     print(
         f"λ={inra_row['realign_lambda']:+.2f}  InRa: acc {inra_row['accuracy']:.2f}, "
-        f"{inra_row['mean_tokens']:.1f} tokens  |  DeRa: acc {dera_row['accuracy']:.2f}, "
-        f"{dera_row['mean_tokens']:.1f} tokens"
+        f"truncated {inra_row['truncation_rate']:.2f}, {inra_row['mean_tokens']:.1f} tokens  |  DeRa: acc "
+        f"{dera_row['accuracy']:.2f}, truncated {dera_row['truncation_rate']:.2f}, {dera_row['mean_tokens']:.1f} tokens"
     )
 print("plots: outputs/lambda-sweep-inra/lambda_sweep.png, outputs/lambda-sweep-dera/lambda_sweep.png")

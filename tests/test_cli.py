@@ -305,17 +305,80 @@ def test_generate_matches_inra_row_by_row(tmp_path, tokenizer):
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         new = inra.generate(ids, realign_lambda=record["realign_lambda"], max_new_tokens=6, do_sample=False,
                             pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()  # fmt: skip
-        if tokenizer.eos_token_id in new:
-            new = new[: new.index(tokenizer.eos_token_id)]
+        if tokenizer.eos_token_id in new:  # the package's one rule: up to and including the first EOS
+            new = new[: new.index(tokenizer.eos_token_id) + 1]
         assert record["completion"] == tokenizer.decode(new, skip_special_tokens=True)
         assert record["num_tokens"] == len(new)
+        assert record["finished"] == (tokenizer.eos_token_id in new)
     assert records[0]["completion"] != records[1]["completion"] or records[2]["completion"] != records[3]["completion"]
+
+
+def test_generate_and_evaluate_count_tokens_alike_when_pad_is_eos(tmp_path, tokenizer):
+    """A Qwen-style tokenizer (pad == EOS): both count a completion's tokens up to and including its first EOS."""
+    import copy
+
+    from datasets import Dataset
+
+    from trl_realign.evaluation import EvalConfig, evaluate
+    from trl_realign.modeling.adapter import add_layer_adapter
+
+    model = add_layer_adapter(tiny_causal_lm("qwen2", seed=3, vocab_size=len(tokenizer)))
+    with torch.no_grad():  # a non-identity adapter, so that λ changes the output
+        for param in model.model.layers[0].parameters():
+            param.normal_(0, 0.3)
+    prompts, max_new_tokens = ["12+3=", "7*7=", "40-2="], 6
+    chat = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+            for p in prompts]  # fmt: skip
+
+    def alone(text):  # each prompt alone, no padding, the expanded model (λ=1)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        return model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+
+    # EOS (and pad) := a token the model emits on the first prompt but not on another, so rows stop at different steps
+    completions = [alone(text).tolist() for text in chat]
+    stop_id = next(t for t in completions[0] if any(t not in other for other in completions[1:]))
+    qwen_like = copy.deepcopy(tokenizer)
+    qwen_like.eos_token = qwen_like.pad_token = qwen_like.convert_ids_to_tokens(stop_id)
+    assert qwen_like.pad_token_id == qwen_like.eos_token_id == stop_id
+    model.config.eos_token_id = model.config.pad_token_id = stop_id
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = stop_id
+    model.save_pretrained(tmp_path / "inra")
+    qwen_like.save_pretrained(tmp_path / "inra")
+
+    out = tmp_path / "gen.jsonl"
+    main(["generate", "--model_name_or_path", str(tmp_path / "inra"), "--prompt", *prompts, "--realign_lambda", "0",
+          "1", "--max_new_tokens", str(max_new_tokens), "--dtype", "float32", "--output_file", str(out)])  # fmt: skip
+    generated = {(r["prompt"], r["realign_lambda"]): r for r in map(json.loads, out.read_text().splitlines())}
+    args = EvalConfig(
+        output_dir=str(tmp_path / "eval"), model_name_or_path=str(tmp_path / "inra"), realign_lambdas=[0.0, 1.0],
+        prompt_column="prompt", prompt_template="{prompt}", num_samples=1, temperature=0.0,
+        max_new_tokens=max_new_tokens, scorer="exact_match", dtype="float32", device="cpu", disable_tqdm=True,
+    )  # fmt: skip
+    dataset = Dataset.from_list([{"prompt": p, "answer": "0"} for p in prompts])
+    evaluate(args, dataset=dataset)
+    evaluated = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(evaluated) == len(generated) == 6
+    from_cli = [generated[(record["prompt"], record["realign_lambda"])] for record in evaluated]
+    assert [r["num_tokens"] for r in from_cli] == [r["num_tokens"] for r in evaluated]
+    assert [r["completion"] for r in from_cli] == [r["completion"] for r in evaluated]
+    assert [r["finished"] for r in from_cli] == [r["finished"] for r in evaluated]
+    for prompt, text, ids in zip(prompts, chat, completions):
+        expected = ids[: ids.index(stop_id) + 1] if stop_id in ids else ids
+        assert generated[(prompt, 1.0)]["num_tokens"] == len(expected)
+    assert any(r["finished"] for r in evaluated) and not all(r["finished"] for r in evaluated)
 
 
 def test_generate_needs_prompts(tmp_path, no_model_loading):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match="exactly one of `--prompt"):
         main(["generate", "--model_name_or_path", str(tmp_path / "m")])
+
+
+def test_generate_refuses_sampling_at_temperature_zero(tmp_path, no_model_loading):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ValueError, match="--temperature. > 0"):
+        main(["generate", "--model_name_or_path", str(tmp_path / "m"), "--prompt", "1+1=", "--do_sample", "true",
+              "--temperature", "0"])  # fmt: skip
 
 
 def test_eval_command_refuses_a_missing_dataset(tmp_path, no_model_loading):

@@ -11,6 +11,7 @@ from datasets import Dataset, DatasetDict
 
 from trl_realign.evaluation import (
     EvalConfig,
+    SamplingSettings,
     build_prompts,
     count_generated_tokens,
     evaluate,
@@ -18,9 +19,11 @@ from trl_realign.evaluation import (
     extract_boxed,
     generate_completions,
     get_scorer,
+    lambda_sweep_figure,
     load_eval_dataset,
     math_verify_scorer,
     plot_lambda_sweep,
+    resolve_eos_token_ids,
     summarize,
 )
 from trl_realign.evaluation.scoring import check_answers, score
@@ -57,6 +60,20 @@ def greedy(model, tokenizer, text, max_new_tokens=6):
     return out[0, inputs["input_ids"].shape[1] :]
 
 
+def model_that_stops_sometimes(tokenizer, prompts, seed=1, max_new_tokens=6):
+    """
+    A tiny model with a second EOS id: a token it emits greedily on the first prompt but not on some other prompt, so
+    that within `max_new_tokens` some greedy completions end in EOS and others run out of tokens. Returns the model and
+    that id.
+    """
+    model = tiny_causal_lm("llama", seed=seed, vocab_size=len(tokenizer))
+    completions = [greedy(model, tokenizer, prompt, max_new_tokens).tolist() for prompt in prompts]
+    others = completions[1:]
+    stop_id = next(t for t in completions[0] if t != EOS and any(t not in other for other in others))
+    model.generation_config.eos_token_id = [EOS, stop_id]
+    return model, stop_id
+
+
 def read_outputs(output_dir):
     records = [json.loads(line) for line in open(os.path.join(output_dir, "samples.jsonl"))]
     summary = json.load(open(os.path.join(output_dir, "summary.json")))
@@ -75,6 +92,7 @@ def assert_outputs_agree(output_dir, returned):
         assert float(row["realign_lambda"]) == expected["realign_lambda"]
         assert float(row["accuracy"]) == pytest.approx(expected["accuracy"])
         assert float(row["mean_tokens"]) == pytest.approx(expected["mean_tokens"])
+        assert float(row["truncation_rate"]) == pytest.approx(expected["truncation_rate"])
         assert int(row["num_samples"]) == expected["num_samples"]
     for entry in summary:  # and summarize() itself against a direct computation
         key = (entry["model"], entry["realign_lambda"])
@@ -82,6 +100,7 @@ def assert_outputs_agree(output_dir, returned):
         assert entry["num_samples"] == len(rows_of)
         assert entry["accuracy"] == pytest.approx(sum(r["score"] for r in rows_of) / len(rows_of))
         assert entry["mean_tokens"] == pytest.approx(sum(r["num_tokens"] for r in rows_of) / len(rows_of))
+        assert entry["truncation_rate"] == pytest.approx(sum(not r["finished"] for r in rows_of) / len(rows_of))
     assert_valid_png(os.path.join(output_dir, "lambda_sweep.png"))
     return records
 
@@ -106,6 +125,13 @@ def test_scorers_on_fixture(case):
         assert math_verify_scorer(case["completion"], case["answer"]) == case["math_verify"]
 
 
+def test_math_verify_needs_an_anchored_answer():
+    """As TRL's accuracy_reward: a number the trace merely ends on is no answer; a box or "the answer is" is."""
+    assert math_verify_scorer("Let me think... 2+3 is 5, wait let me recheck 5", "5") == 0.0
+    assert math_verify_scorer("Let me think... so the final answer is 5", "5") == 1.0
+    assert math_verify_scorer(r"Let me think... $x = \boxed{5}$", "5") == 1.0
+
+
 def test_extract_boxed_takes_the_last_balanced_box():
     assert extract_boxed(r"first \boxed{1}, then \boxed{\frac{a}{b}} done") == r"\frac{a}{b}"
     assert extract_boxed(r"\boxed{\{1, \{2\}\}}") == r"\{1, \{2\}\}"
@@ -127,6 +153,30 @@ def test_custom_scorer_and_scorer_lookup():
         score(lambda c, a: 2.0, "x", "y")
     with pytest.raises(TypeError, match="float or a bool"):
         score(lambda c, a: "yes", "x", "y")
+
+
+def test_truncated_samples_score_zero_unless_asked(tmp_path, tokenizer):
+    """A completion that ran out of tokens has no final answer: it scores 0, whatever the scorer says of its text."""
+
+    def always_right(completion, answer):
+        return 1.0
+
+    common = dict(realign_lambdas=[1.0], temperature=0.0, num_samples=1)
+    strict_args = fast_config(tmp_path / "strict", **common)
+    questions = [json.loads(line)["question"] for line in open(ARITHMETIC)]
+    model, _ = model_that_stops_sometimes(tokenizer, build_prompts(questions, tokenizer, strict_args))
+    strict = evaluate(strict_args, checkpoints=[model], tokenizer=tokenizer, scorer=always_right)
+    records = assert_outputs_agree(strict_args.output_dir, strict)
+    finished = [record["finished"] for record in records]
+    assert True in finished and False in finished
+    assert [record["score"] for record in records] == [float(f) for f in finished]
+    truncation_rate = finished.count(False) / len(finished)
+    assert strict[0]["truncation_rate"] == pytest.approx(truncation_rate)
+    assert strict[0]["accuracy"] == pytest.approx(1 - truncation_rate)
+
+    lenient_args = fast_config(tmp_path / "lenient", score_truncated=True, **common)
+    lenient = evaluate(lenient_args, checkpoints=[model], tokenizer=tokenizer, scorer=always_right)
+    assert lenient[0]["accuracy"] == 1.0 and lenient[0]["truncation_rate"] == pytest.approx(truncation_rate)
 
 
 def test_unparseable_gold_answers_fail_before_generation(tmp_path, tokenizer):
@@ -179,7 +229,7 @@ def test_generate_completions_equals_each_prompt_alone(tokenizer):
         num_samples=1,
         batch_size=3,
         eos_token_ids=eos_ids,
-        generation_kwargs={"max_new_tokens": 8, "do_sample": False},
+        sampling=SamplingSettings(max_new_tokens=8),
     )
     assert [len(samples) for samples in completions] == [1, 1, 1, 1]
     for prompt, samples in zip(prompts, completions):
@@ -187,18 +237,38 @@ def test_generate_completions_equals_each_prompt_alone(tokenizer):
         reference = model.generate(
             **inputs, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=eos_ids
         )[0, inputs["input_ids"].shape[1] :]
-        assert samples[0].num_tokens == len(reference)
+        assert samples[0].num_tokens == len(reference) and samples[0].token_ids == reference.tolist()
         assert samples[0].finished == bool(torch.isin(reference, torch.tensor(eos_ids)).any())
         assert samples[0].text == tokenizer.decode(reference, skip_special_tokens=True)
     assert completions[longest][0].num_tokens <= 3 and completions[longest][0].finished
 
 
+def test_sampling_settings_reach_generate_and_eos_ids_come_from_model_and_tokenizer(tokenizer):
+    from trl_realign.evaluation.generation import generate_kwargs
+
+    greedy_kwargs = generate_kwargs(SamplingSettings(5, num_beams=2))
+    assert greedy_kwargs == {"max_new_tokens": 5, "num_beams": 2, "do_sample": False, "temperature": None,
+                             "top_p": None, "top_k": None}  # fmt: skip
+    sampled = generate_kwargs(SamplingSettings(5, temperature=0.7, top_p=0.9, top_k=20))
+    assert sampled == {"max_new_tokens": 5, "num_beams": 1, "do_sample": True, "temperature": 0.7, "top_p": 0.9,
+                       "top_k": 20}  # fmt: skip
+    for bad in (dict(max_new_tokens=0), dict(max_new_tokens=4, top_p=0.0), dict(max_new_tokens=4, temperature=-1)):
+        with pytest.raises(ValueError):
+            SamplingSettings(**bad)
+
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    model.generation_config.eos_token_id = [7, EOS]
+    assert resolve_eos_token_ids(model, tokenizer) == [7, EOS]
+    model.generation_config.eos_token_id = 9
+    assert resolve_eos_token_ids(model, tokenizer) == [9, tokenizer.eos_token_id]
+
+
 def test_generate_completions_needs_a_mixing_model_for_lambdas(tokenizer):
     model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
     with pytest.raises(ValueError, match="realign_lambda"):
-        generate_completions(model, tokenizer, ["a"], [0.5], eos_token_ids=[EOS])
+        generate_completions(model, tokenizer, ["a"], [0.5], sampling=SamplingSettings(4), eos_token_ids=[EOS])
     with pytest.raises(ValueError, match="one per prompt"):
-        generate_completions(model, tokenizer, ["a", "b"], [0.5], eos_token_ids=[EOS])
+        generate_completions(model, tokenizer, ["a", "b"], [0.5], sampling=SamplingSettings(4), eos_token_ids=[EOS])
 
 
 # ----------------------------------------------------------------------------------------------------- data, prompts
@@ -247,23 +317,35 @@ def test_eval_config_validates_and_parses_with_trl_parser(tmp_path):
     config_file = tmp_path / "eval.yaml"
     config_file.write_text("checkpoints: [a, b]\nrealign_lambdas: [0.5, 1.5]\nnum_samples: 4\n")
     (args,) = TrlParser((EvalConfig,)).parse_args_and_config(
-        ["--config", str(config_file), "--report_to", "wandb", "--use_chat_template", "false", "--top_p", "0.9"]
+        ["--config", str(config_file), "--report_to", "wandb", "--use_chat_template", "false", "--top_p", "0.9",
+         "--score_truncated", "true"]
     )
     assert args.checkpoints == ["a", "b"] and args.realign_lambdas == [0.5, 1.5] and args.num_samples == 4
     assert args.report_to == ["wandb"] and args.use_chat_template is False and args.top_p == 0.9
     assert (args.temperature, args.max_new_tokens) == (0.7, 4096)
+    assert args.score_truncated is True and EvalConfig().score_truncated is False
 
 
 # ---------------------------------------------------------------------------------------------------------- plotting
 
 
-def test_plot_is_a_png(tmp_path):
+def test_plot_is_a_png_with_accuracy_truncation_and_tokens(tmp_path):
     summary = [
-        {"method": "inra", "realign_lambda": lam, "accuracy": acc, "mean_tokens": tokens}
-        for lam, acc, tokens in [(1.0, 0.3, 900.0), (0.0, 0.2, 1500.0), (0.5, 0.25, 1200.0)]
+        {"method": "inra", "realign_lambda": lam, "accuracy": acc, "truncation_rate": cut, "mean_tokens": tokens}
+        for lam, acc, cut, tokens in [(1.0, 0.3, 0.1, 900.0), (0.0, 0.2, 0.4, 1500.0), (0.5, 0.25, 0.2, 1200.0)]
     ]
     path = plot_lambda_sweep(summary, str(tmp_path / "sweep.png"), title="MATH-500")
-    assert_valid_png(path, size=(1200, 480))
+    assert_valid_png(path, size=(1680, 480))
+    panels = lambda_sweep_figure(summary).axes
+    assert [axes.get_ylabel() for axes in panels] == [
+        "Accuracy (Pass@1, %)", "Truncated (no EOS, %)", "Mean generated tokens"
+    ]
+    for axes, expected in zip(panels, ([20, 25, 30], [40, 20, 10], [1500, 1200, 900])):
+        (line,) = axes.get_lines()[:1]
+        assert list(line.get_xdata()) == [0.0, 0.5, 1.0]
+        assert list(line.get_ydata()) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="truncation_rate"):
+        plot_lambda_sweep([{k: v for k, v in summary[0].items() if k != "truncation_rate"}], str(tmp_path / "x.png"))
     with pytest.raises(ValueError, match="empty"):
         plot_lambda_sweep([], str(tmp_path / "empty.png"))
 
@@ -322,7 +404,7 @@ def test_evaluate_sampling_with_custom_scorer(tmp_path, tokenizer, inra_setup, c
     def even_length(completion, answer):  # a scorer with a non-trivial mean
         return len(completion) % 2 == 0
 
-    args = fast_config(tmp_path, realign_lambdas=[-0.5, 1.5], num_samples=3, disable_tqdm=False)
+    args = fast_config(tmp_path, realign_lambdas=[-0.5, 1.5], num_samples=3, disable_tqdm=False, score_truncated=True)
     summary = evaluate(args, model=inra, tokenizer=tokenizer, scorer=even_length)
     progress_bar = capfd.readouterr().err
     assert "λ sweep" in progress_bar and "6/6" in progress_bar  # 3 prompts × 2 λ
@@ -403,11 +485,33 @@ def test_evaluate_logs_a_wandb_table(tmp_path, tokenizer, monkeypatch):
     sweep = [t for t in tables if os.path.basename(t).startswith("lambda_sweep")]
     assert len(sweep) == 1 and any(os.path.basename(t).startswith("samples") for t in tables)
     table = json.load(open(sweep[0]))
-    assert table["columns"] == list(summary[0])
+    assert table["columns"] == list(summary[0]) and "truncation_rate" in table["columns"]
     assert table["data"] == [[row[c] for c in table["columns"]] for row in summary]
     import wandb
 
     assert wandb.run is None  # evaluate finished the run it started
+
+
+def test_evaluate_leaves_an_active_wandb_run_alone_unless_report_to_says_wandb(tmp_path, tokenizer, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    run = wandb.init(mode="offline", project="user-run")
+    logged = []
+    monkeypatch.setattr(run, "log", lambda *args, **kwargs: logged.append(args))
+    try:
+        common = dict(realign_lambdas=[1.0], num_samples=1, temperature=0.0)
+        quiet = fast_config(tmp_path / "quiet", report_to=[], **common)
+        evaluate(quiet, checkpoints=[model], tokenizer=tokenizer)
+        assert logged == [] and wandb.run is run
+        loud = fast_config(tmp_path / "loud", report_to=["wandb"], **common)
+        evaluate(loud, checkpoints=[model], tokenizer=tokenizer)
+        assert len(logged) == 1 and "eval/lambda_sweep" in logged[0][0]
+        assert wandb.run is run  # the user's run is logged into, not finished
+    finally:
+        run.finish()
 
 
 def test_evaluate_rejects_bad_input_before_loading(tmp_path, tokenizer):

@@ -216,3 +216,42 @@ def test_sweep_with_launcher_options_launches_each_point(models, tmp_path, monke
                            "--config", str(models / "trra.yaml"), "--divergence", "jsd", "--report_to", "wandb",
                            "--beta", str(beta), "--run_name", name, "--output_dir", str(tmp_path / "g" / name)]  # fmt: skip
         assert env["WANDB_RUN_GROUP"] == "g"
+
+
+def test_only_the_cli_imports_the_cli():
+    """Layering: the library (sweep configuration included) never imports `trl_realign.cli`; the CLI imports it."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).parent.parent / "trl_realign"
+    offenders = []
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package)
+        if relative.parts[0] == "cli" or relative == Path("__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+                if node.level and not node.module:  # `from . import cli`
+                    names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(name == "cli" or name.startswith("cli.") or name.startswith("trl_realign.cli") for name in names):
+                offenders.append(f"{relative}:{node.lineno}")
+    assert offenders == []
+
+
+def test_run_sweep_is_exported_and_dry_runs(tmp_path, capsys):
+    from trl_realign import SweepConfig as ExportedConfig
+    from trl_realign import run_sweep
+
+    config = ExportedConfig(
+        parameters={"realign_lambda": {"values": [0.5, 2.0]}}, output_dir=str(tmp_path / "lam"), dry_run=True
+    )
+    records = run_sweep(config)
+    assert [r["point"] for r in records] == [{"realign_lambda": 0.5}, {"realign_lambda": 2.0}]
+    assert [r["output_dir"] for r in records] == [str(tmp_path / "lam" / r["run_name"]) for r in records]
+    printed = capsys.readouterr().out
+    assert printed.count("trl-realign trra ") == 2 and "--realign_lambda 2.0" in printed

@@ -15,7 +15,8 @@ from .modeling import (
     mark_layer_adapter,
     num_layer_adapters,
 )
-from .sweep import SweepConfig, run_sweep
+from .cli.sweep import run_sweep
+from .sweep import SweepConfig
 from .trainers import (
     LayerAdapterArguments,
     LayerAdapterDPOConfig,

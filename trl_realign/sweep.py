@@ -1,6 +1,7 @@
 """
-Hyperparameter sweeps over realignment settings (λ, β, learning rate, ...): run locally with one wandb run per point in
-one group (works with `WANDB_MODE=offline`), or export the same sweep for `wandb sweep` / `wandb agent`.
+Hyperparameter sweeps over realignment settings (λ, β, learning rate, ...): their configuration, their points and each
+point's arguments, the same sweep for `wandb sweep` / `wandb agent`, and what a training command does under the agent.
+`trl-realign sweep` ([`~trl_realign.cli.sweep.run_sweep`]) runs the points, one wandb run each in one group.
 
 The sweep file uses wandb's sweep vocabulary (`method`, `parameters` with `values` / `value` / `min`+`max` +
 `distribution`), so one file serves both ways of running it.
@@ -8,7 +9,6 @@ The sweep file uses wandb's sweep vocabulary (`method`, `parameters` with `value
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -175,62 +175,6 @@ def point_arguments(config: SweepConfig, index: int, point: dict[str, Any]) -> l
         *_base_args(config), *_flags(point),
         "--run_name", run_name, "--output_dir", os.path.join(config.output_dir, run_name),
     ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def _environment(**values):
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update({key: value for key, value in values.items() if value is not None})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def run_sweep(config: SweepConfig, launch_args: list[str] | None = None) -> list[dict[str, Any]]:
-    """
-    Train one model per point, each logged as its own wandb run in the group `config.group`.
-
-    Without launcher options the points run one after the other in this process: each point's wandb run is started
-    here with its group, name and point as config, and the Trainer's wandb callback logs into it. With launcher
-    options (e.g. `--num_processes 8 --accelerate_config zero3`) each point runs under `accelerate launch`, and the
-    group reaches the launched processes through `WANDB_RUN_GROUP`.
-
-    Returns:
-        `list[dict]`: per point, `point`, `run_name`, `output_dir`, and for in-process runs the wandb `run_id`.
-    """
-    from .cli.launch import relaunch
-    from .cli.main import main as cli_main
-
-    records = []
-    with _environment(WANDB_RUN_GROUP=config.group, WANDB_PROJECT=config.project):
-        for index, point in enumerate(sweep_points(config)):
-            run_name = run_name_of(config, index, point)
-            args = point_arguments(config, index, point)
-            record = {"point": point, "run_name": run_name, "output_dir": os.path.join(config.output_dir, run_name),
-                      "run_id": None}  # fmt: skip
-            print(f"[sweep {config.group}] point {index}: {point}", flush=True)
-            if config.dry_run:
-                print("  trl-realign " + " ".join([config.command, *args]), flush=True)
-            elif launch_args:
-                relaunch(config.command, args, list(launch_args))
-            else:
-                import wandb
-
-                run = wandb.init(
-                    project=config.project, group=config.group, name=run_name, config=point, reinit="finish_previous"
-                )
-                record["run_id"] = run.id
-                try:
-                    cli_main([config.command, *args])
-                finally:
-                    wandb.finish()
-            records.append(record)
-    return records
 
 
 def to_wandb_sweep(config: SweepConfig) -> dict[str, Any]:

@@ -38,5 +38,5 @@ def run(argv: list[str]) -> None:
     check(args)
     for row in evaluate(args):
         print(f"{row['model']:<40} λ={row['realign_lambda']:<6} accuracy={row['accuracy']:.4f} "
-              f"mean_tokens={row['mean_tokens']:.1f}")  # fmt: skip
+              f"truncated={row['truncation_rate']:.4f} mean_tokens={row['mean_tokens']:.1f}")  # fmt: skip
     print(f"Samples, summary and plot written to {args.output_dir}.")

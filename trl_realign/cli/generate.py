@@ -36,6 +36,7 @@ class GenerateArguments:
     do_sample: bool = field(default=False, metadata={"help": "Sample (True) or decode greedily (False)."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do_sample)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass (with --do_sample)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (with --do_sample); 0 disables it."})
     num_beams: int = field(default=1, metadata={"help": "Beam search width (1: no beam search)."})
     batch_size: int = field(default=8, metadata={"help": "Rows (prompt × λ pairs) per generate call."})
     seed: int = field(default=0, metadata={"help": "Random seed (sampling)."})
@@ -43,7 +44,8 @@ class GenerateArguments:
     device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
     output_file: str | None = field(
         default=None, metadata={"help": "Write one JSON line per (prompt, λ): prompt, realign_lambda, completion, "
-                                "num_tokens. Printed to stdout when unset."},
+                                "num_tokens (up to and including the first EOS, as `trl-realign eval`), finished "
+                                "(ended in EOS). Printed to stdout when unset."},
     )
 
 
@@ -65,6 +67,10 @@ def check(args: GenerateArguments) -> None:
         raise FileNotFoundError(f"Prompts file {args.prompts_file!r} not found.")
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ValueError("`batch_size` and `max_new_tokens` must be positive.")
+    if args.do_sample and args.temperature <= 0:
+        raise ValueError(
+            f"`--do_sample` needs `--temperature` > 0, got {args.temperature}; drop `--do_sample` for greedy decoding."
+        )
 
 
 def read_prompts(args: GenerateArguments) -> list[str]:
@@ -84,10 +90,22 @@ def load_inra(args: GenerateArguments):
     return InRaForCausalLM.from_pretrained(args.model_name_or_path, num_adapters=args.num_adapters, dtype=args.dtype)
 
 
+def sampling_settings(args: GenerateArguments):
+    from ..evaluation import SamplingSettings
+
+    if not args.do_sample:
+        return SamplingSettings(args.max_new_tokens, num_beams=args.num_beams)
+    return SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.num_beams)
+
+
 def generate(args: GenerateArguments, model, tokenizer) -> list[dict]:
-    """Generate every prompt at every λ, batching (prompt, λ) rows with a per-row λ; returns one record per row."""
-    import torch
+    """
+    Generate every prompt at every λ, batching (prompt, λ) rows with a per-row λ; returns one record per row, its
+    tokens counted as `evaluate()` counts them ([`~trl_realign.evaluation.count_generated_tokens`]).
+    """
     from transformers import set_seed
+
+    from ..evaluation import TransformersBackend
 
     set_seed(args.seed)
     prompts = read_prompts(args)
@@ -97,27 +115,14 @@ def generate(args: GenerateArguments, model, tokenizer) -> list[dict]:
         for p in prompts
     ]  # fmt: skip
     rows = [(prompt, text, lam) for prompt, text in zip(prompts, texts) for lam in args.realign_lambda]
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
-    records = []
-    for start in range(0, len(rows), args.batch_size):
-        batch = rows[start : start + args.batch_size]
-        # The chat template already holds the special tokens it needs
-        inputs = tokenizer([text for _, text, _ in batch], return_tensors="pt", padding=True,
-                           add_special_tokens=not args.chat_template).to(model.device)  # fmt: skip
-        lambdas = torch.tensor([lam for _, _, lam in batch], dtype=torch.float32, device=model.device)
-        output = model.generate(
-            **inputs, realign_lambda=lambdas, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-            temperature=args.temperature if args.do_sample else None, top_p=args.top_p if args.do_sample else None,
-            num_beams=args.num_beams, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        for (prompt, _, lam), tokens in zip(batch, new_tokens):
-            ids = tokens[tokens != tokenizer.pad_token_id].tolist()
-            if tokenizer.eos_token_id in ids:
-                ids = ids[: ids.index(tokenizer.eos_token_id)]
-            completion = tokenizer.decode(ids, skip_special_tokens=True)
-            records.append({"prompt": prompt, "realign_lambda": lam, "completion": completion, "num_tokens": len(ids)})
-    return records
+    # The chat template already holds the special tokens it needs
+    complete = TransformersBackend(model, tokenizer, args.batch_size, add_special_tokens=not args.chat_template)
+    completions = complete([text for _, text, _ in rows], [lam for _, _, lam in rows], sampling_settings(args), 1)
+    return [
+        {"prompt": prompt, "realign_lambda": lam, "completion": c.text, "num_tokens": c.num_tokens,
+         "finished": c.finished}
+        for (prompt, _, lam), (c,) in zip(rows, completions)
+    ]  # fmt: skip
 
 
 def run(argv: list[str]) -> None:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from ..sweep import SweepConfig
 
 
 def make_parser(prog: str | None = "trl-realign sweep"):
@@ -27,10 +34,67 @@ def check(config) -> None:
         )
 
 
+@contextlib.contextmanager
+def _environment(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: value for key, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_sweep(config: SweepConfig, launch_args: list[str] | None = None) -> list[dict[str, Any]]:
+    """
+    Train one model per point, each logged as its own wandb run in the group `config.group`.
+
+    Without launcher options the points run one after the other in this process: each point's wandb run is started
+    here with its group, name and point as config, and the Trainer's wandb callback logs into it. With launcher
+    options (e.g. `--num_processes 8 --accelerate_config zero3`) each point runs under `accelerate launch`, and the
+    group reaches the launched processes through `WANDB_RUN_GROUP`.
+
+    Returns:
+        `list[dict]`: per point, `point`, `run_name`, `output_dir`, and for in-process runs the wandb `run_id`.
+    """
+    from ..sweep import point_arguments, run_name_of, sweep_points
+    from .launch import relaunch
+    from .main import main as cli_main
+
+    records = []
+    with _environment(WANDB_RUN_GROUP=config.group, WANDB_PROJECT=config.project):
+        for index, point in enumerate(sweep_points(config)):
+            run_name = run_name_of(config, index, point)
+            args = point_arguments(config, index, point)
+            record = {"point": point, "run_name": run_name, "output_dir": os.path.join(config.output_dir, run_name),
+                      "run_id": None}  # fmt: skip
+            print(f"[sweep {config.group}] point {index}: {point}", flush=True)
+            if config.dry_run:
+                print("  trl-realign " + " ".join([config.command, *args]), flush=True)
+            elif launch_args:
+                relaunch(config.command, args, list(launch_args))
+            else:
+                import wandb
+
+                run = wandb.init(
+                    project=config.project, group=config.group, name=run_name, config=point, reinit="finish_previous"
+                )
+                record["run_id"] = run.id
+                try:
+                    cli_main([config.command, *args])
+                finally:
+                    wandb.finish()
+            records.append(record)
+    return records
+
+
 def run(argv: list[str]) -> None:
     import yaml
 
-    from ..sweep import run_sweep, to_wandb_sweep
+    from ..sweep import to_wandb_sweep
     from .parsing import parse_command_line
 
     parsed = parse_command_line(make_parser(), "sweep", argv)

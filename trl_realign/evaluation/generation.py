@@ -1,4 +1,4 @@
-"""Batched sampling of n completions per prompt, with per-row λ for models that mix two paths (InRa, DeRa)."""
+"""The `transformers` backend: batched `generate()` of n completions per prompt, with per-row λ (InRa, DeRa)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class Completion:
-    """One sampled completion: its text (special tokens dropped), its length in tokens, and whether it ended in EOS."""
-
-    text: str
-    num_tokens: int
-    finished: bool
+from .completions import Completion, SamplingSettings, count_generated_tokens
 
 
 def accepts_realign_lambda(model) -> bool:
@@ -23,24 +16,24 @@ def accepts_realign_lambda(model) -> bool:
     return "realign_lambda" in inspect.signature(model.forward).parameters
 
 
-def count_generated_tokens(
-    completion_ids: torch.Tensor, eos_token_ids: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Number of tokens each row generated, and whether it stopped at an EOS.
+def resolve_eos_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a completion: the model's generation config's EOS ids, and the tokenizer's EOS."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("Neither the model's generation config nor the tokenizer defines an EOS token.")
+    return ids
 
-    `completion_ids` is `[rows, steps]`, the part of `generate()`'s output after the prompt. A row counts its tokens up
-    to and including its first EOS; what follows is padding (`generate()` fills finished rows until the last one
-    stops). A row with no EOS ran to `max_new_tokens` and counts every step. Padding is found by position, not by id,
-    so a tokenizer whose pad token is its EOS token (Qwen, Llama 3 recipes) is counted right.
-    """
-    if not eos_token_ids:
-        raise ValueError("Counting generated tokens needs at least one EOS token id.")
-    is_eos = torch.isin(completion_ids, torch.tensor(list(eos_token_ids), device=completion_ids.device))
-    finished = is_eos.any(dim=-1)
-    first_eos = is_eos.int().argmax(dim=-1)
-    counts = torch.where(finished, first_eos + 1, torch.full_like(first_eos, completion_ids.shape[-1]))
-    return counts, finished
+
+def generate_kwargs(sampling: SamplingSettings) -> dict:
+    """`SamplingSettings` as `generate()` arguments."""
+    kwargs = {"max_new_tokens": sampling.max_new_tokens, "num_beams": sampling.num_beams}
+    if sampling.greedy:  # the model's own sampling defaults must not leak in
+        return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {**kwargs, "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "top_k": sampling.top_k}  # fmt: skip
 
 
 def generate_completions(
@@ -49,11 +42,11 @@ def generate_completions(
     prompts: Sequence[str],
     realign_lambdas: Sequence[float] | None = None,
     *,
+    sampling: SamplingSettings,
     num_samples: int = 1,
     batch_size: int = 8,
-    eos_token_ids: Sequence[int],
+    eos_token_ids: Sequence[int] | None = None,
     add_special_tokens: bool = False,
-    generation_kwargs: dict | None = None,
     progress=None,
 ) -> list[list[Completion]]:
     """
@@ -64,12 +57,13 @@ def generate_completions(
         tokenizer: pads on the left; it must have a pad token.
         prompts: the prompt texts, templates already applied.
         realign_lambdas: one λ per prompt (prompts may repeat with different λ), or `None` for a plain model.
-        eos_token_ids: the ids that end a completion (for token counts; also passed to `generate()`).
+        sampling: max new tokens, temperature (0: greedy), top-p, top-k, beams.
+        eos_token_ids: the ids that end a completion (default: [`resolve_eos_token_ids`]).
         add_special_tokens: whether tokenizing adds BOS etc. (`False` for chat-templated prompts, which have them).
-        generation_kwargs: e.g. `do_sample`, `temperature`, `top_p`, `max_new_tokens`.
         progress: a tqdm bar advanced by one per prompt.
 
-    Returns one list of `num_samples` [`Completion`]s per prompt, in the order of `prompts`.
+    Returns one list of `num_samples` [`Completion`]s per prompt, in the order of `prompts`, counted with
+    [`count_generated_tokens`].
     """
     if realign_lambdas is not None and len(realign_lambdas) != len(prompts):
         raise ValueError(f"Got {len(realign_lambdas)} λ values for {len(prompts)} prompts; pass one per prompt.")
@@ -80,6 +74,7 @@ def generate_completions(
         )
     if tokenizer.pad_token_id is None:
         raise ValueError("The tokenizer has no pad token; set one (e.g. `tokenizer.pad_token = tokenizer.eos_token`).")
+    eos_ids = list(eos_token_ids) if eos_token_ids is not None else resolve_eos_token_ids(model, tokenizer)
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]]
     # Longest first, so that a batch holds prompts of similar length (little padding) and memory peaks early
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
@@ -99,20 +94,36 @@ def generate_completions(
             extra["realign_lambda"] = torch.tensor([float(realign_lambdas[i]) for i in rows], device=device)
         sequences = model.generate(
             **inputs,
-            **(generation_kwargs or {}),
+            **generate_kwargs(sampling),
             **extra,
             num_return_sequences=num_samples,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=list(eos_token_ids),
+            eos_token_id=eos_ids,
         )
         completion_ids = sequences[:, inputs["input_ids"].shape[1] :].cpu()
-        counts, finished = count_generated_tokens(completion_ids, eos_token_ids)
-        texts = tokenizer.batch_decode(
-            [ids[:n] for ids, n in zip(completion_ids, counts.tolist())], skip_special_tokens=True
-        )
+        counts, finished = count_generated_tokens(completion_ids, eos_ids)
+        token_ids = [ids[:n].tolist() for ids, n in zip(completion_ids, counts.tolist())]
+        texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
         for k, i in enumerate(rows):  # generate() puts the samples of a prompt next to each other
             span = range(k * num_samples, (k + 1) * num_samples)
-            results[i] = [Completion(texts[j], int(counts[j]), bool(finished[j])) for j in span]
+            results[i] = [Completion(texts[j], token_ids[j], bool(finished[j])) for j in span]
         if progress is not None:
             progress.update(len(rows))
     return results
+
+
+@dataclass
+class TransformersBackend:
+    """A [`CompletionBackend`] over an in-process model: [`generate_completions`] with its batching options bound."""
+
+    model: object
+    tokenizer: object
+    batch_size: int = 8
+    add_special_tokens: bool = False
+    progress: object = None
+
+    def __call__(self, prompts, realign_lambdas, sampling: SamplingSettings, num_samples: int):
+        return generate_completions(
+            self.model, self.tokenizer, prompts, realign_lambdas, sampling=sampling, num_samples=num_samples,
+            batch_size=self.batch_size, add_special_tokens=self.add_special_tokens, progress=self.progress,
+        )  # fmt: skip

@@ -3,12 +3,12 @@
 
 It samples n completions per prompt for every λ, scores them, counts their tokens and writes, in `output_dir`:
 
-- `samples.jsonl`: one line per completion (model, λ, prompt, answer, completion, tokens, score);
-- `summary.json` and `summary.csv`: one row per (model, λ) with accuracy (Pass@1 averaged over samples), mean generated
-  tokens, the fraction of completions that ended in EOS, and the counts;
-- `lambda_sweep.png`: accuracy and mean generated tokens against λ;
+- `samples.jsonl`: one line per completion (model, λ, prompt, answer, completion, tokens, finished, score);
+- `summary.json` and `summary.csv`: one row per (model, λ) with accuracy (Pass@1 averaged over samples), the
+  truncation rate (completions that ran out of tokens before EOS), mean generated tokens, and the counts;
+- `lambda_sweep.png`: accuracy, truncation rate and mean generated tokens against λ;
 
-and logs the summary as a wandb table when wandb is enabled.
+and logs the summary as a wandb table when `report_to` includes `"wandb"`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, s
 from ..modeling.checks import check_same_tokenizer
 from ..modeling.dera import DeRaForCausalLM
 from .data import build_prompts, load_eval_dataset
-from .generation import accepts_realign_lambda, generate_completions
+from .completions import SamplingSettings
+from .generation import TransformersBackend, accepts_realign_lambda
 from .plots import plot_lambda_sweep
 from .scoring import Scorer, check_answers, get_scorer, score
 
@@ -74,9 +75,12 @@ class EvalConfig:
         batch_size (`int`, defaults to `8`): prompts per `generate()` call (each expands to `num_samples` rows).
         scorer (`str`, defaults to `"math_verify"`): `"math_verify"` or `"exact_match"` (or pass a callable to
             [`evaluate`]).
+        score_truncated (`bool`, defaults to `False`): also score completions that reached `max_new_tokens` without
+            EOS. By default they score 0: an unfinished trace has no final answer, whatever number it stopped on.
         seed (`int`, defaults to `42`): reset before each model's generation, so every model gets the same draws.
         dtype, attn_implementation, device: how models given as paths are loaded and where they run.
-        report_to (`list[str]`): `["wandb"]` logs the summary table, the samples and the plot to wandb.
+        report_to (`list[str]`): `["wandb"]` logs the summary table, the samples and the plot to wandb (into the active
+            run if there is one); without `"wandb"` (or `"all"`) nothing is logged, even with a run open.
         run_name (`str`, *optional*): the wandb run name when `evaluate` starts the run.
         disable_tqdm (`bool`, defaults to `False`): hide the progress bar.
     """
@@ -116,6 +120,10 @@ class EvalConfig:
     max_new_tokens: int = field(default=4096, metadata={"help": "Maximum generated tokens per completion."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
     scorer: str = field(default="math_verify", metadata={"help": "'math_verify' or 'exact_match'."})
+    score_truncated: bool = field(
+        default=False,
+        metadata={"help": "Score completions that hit max_new_tokens without EOS (by default they score 0)."},
+    )
     seed: int = field(default=42, metadata={"help": "Random seed, reset before each model's generation."})
     dtype: str = field(
         default="auto", metadata={"help": "dtype of models loaded from paths ('auto', 'bfloat16', ...)."}
@@ -275,7 +283,7 @@ def _checkpoint_candidates(args, checkpoints, tokenizer, lambdas) -> list[_Candi
 def summarize(records: Sequence[dict]) -> list[dict]:
     """
     One row per (model, λ), in order of first appearance: accuracy (mean score, i.e. Pass@1 averaged over samples),
-    mean generated tokens, the fraction of completions that ended in EOS, and the prompt and sample counts.
+    truncation rate (the fraction of completions without EOS), mean generated tokens, and the prompt and sample counts.
     """
     groups: dict[tuple, list[dict]] = {}
     for record in records:
@@ -289,8 +297,8 @@ def summarize(records: Sequence[dict]) -> list[dict]:
                 "model": model,
                 "realign_lambda": realign_lambda,
                 "accuracy": sum(row["score"] for row in rows) / n,
+                "truncation_rate": sum(not row["finished"] for row in rows) / n,
                 "mean_tokens": sum(row["num_tokens"] for row in rows) / n,
-                "finished_rate": sum(row["finished"] for row in rows) / n,
                 "num_prompts": len({row["prompt_index"] for row in rows}),
                 "num_samples": n,
             }
@@ -316,24 +324,15 @@ def _load_examples(args: EvalConfig, dataset) -> tuple[list, list[str]]:
     return examples[args.prompt_column], [str(answer) for answer in examples[args.answer_column]]
 
 
-def _eos_token_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError("Neither the model's generation config nor the tokenizer defines an EOS token.")
-    return ids
-
-
 def _wandb_enabled(args: EvalConfig) -> bool:
-    if "wandb" in args.report_to or "all" in args.report_to:
+    """As the `Trainer`: `report_to` alone decides, so a wandb run the caller has open gets nothing unless asked."""
+    if "wandb" in args.report_to:
         return True
-    try:
-        import wandb
-    except ImportError:
+    if "all" not in args.report_to:
         return False
-    return wandb.run is not None
+    from transformers.integrations import is_wandb_available
+
+    return is_wandb_available()
 
 
 def _log_to_wandb(args: EvalConfig, summary: list[dict], records: list[dict], plot_path: str | None) -> None:
@@ -381,8 +380,8 @@ def evaluate(
             `args.scorer`.
 
     Returns:
-        `list[dict]`: one row per (model, λ) with `method`, `model`, `realign_lambda`, `accuracy`, `mean_tokens`,
-        `finished_rate`, `num_prompts` and `num_samples` (also in `summary.json` / `summary.csv`).
+        `list[dict]`: one row per (model, λ) with `method`, `model`, `realign_lambda`, `accuracy`, `truncation_rate`,
+        `mean_tokens`, `num_prompts` and `num_samples` (also in `summary.json` / `summary.csv`).
     """
     from tqdm.auto import tqdm
 
@@ -393,11 +392,7 @@ def evaluate(
     check_answers(answers, scorer_fn)  # before any generation
     os.makedirs(args.output_dir, exist_ok=True)
 
-    generation_kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0}
-    if args.temperature > 0:
-        generation_kwargs.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-    else:  # greedy: the model's own sampling defaults must not leak in
-        generation_kwargs.update(temperature=None, top_p=None, top_k=None)
+    sampling = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k)
 
     total = len(raw_prompts) * sum(len(candidate.realign_lambdas) for candidate in candidates)
     records = []
@@ -411,18 +406,15 @@ def evaluate(
             rows = [(i, lam) for i in range(len(prompts)) for lam in candidate.realign_lambdas]
             progress.set_postfix_str(candidate.label)
             set_seed(args.seed)
-            completions = generate_completions(
+            complete = TransformersBackend(
                 loaded_model,
                 loaded_tokenizer,
-                [prompts[i] for i, _ in rows],
-                [lam for _, lam in rows] if candidate.mixes else None,
-                num_samples=args.num_samples,
                 batch_size=args.batch_size,
-                eos_token_ids=_eos_token_ids(loaded_model, loaded_tokenizer),
                 add_special_tokens=not args.use_chat_template,
-                generation_kwargs=generation_kwargs,
                 progress=progress,
             )
+            lambdas = [lam for _, lam in rows] if candidate.mixes else None
+            completions = complete([prompts[i] for i, _ in rows], lambdas, sampling, args.num_samples)
             candidate_records = []
             for (i, lam), samples in zip(rows, completions):
                 for j, completion in enumerate(samples):
@@ -438,7 +430,7 @@ def evaluate(
                             "completion": completion.text,
                             "num_tokens": completion.num_tokens,
                             "finished": completion.finished,
-                            "score": score(scorer_fn, completion.text, answers[i]),
+                            "score": _score(args, scorer_fn, completion, answers[i]),
                         }
                     )
             records += sorted(candidate_records, key=lambda record: record["realign_lambda"])  # stable: by prompt
@@ -449,6 +441,12 @@ def evaluate(
     if _wandb_enabled(args):
         _log_to_wandb(args, summary, records, plot_path)
     return summary
+
+
+def _score(args: EvalConfig, scorer_fn: Scorer, completion, answer: str) -> float:
+    if not completion.finished and not args.score_truncated:
+        return 0.0
+    return score(scorer_fn, completion.text, answer)
 
 
 def _with_pad_token(tokenizer):

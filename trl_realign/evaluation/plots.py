@@ -1,41 +1,60 @@
-"""The λ-sweep figure: accuracy and mean generated tokens against λ (the paper's Figure 4)."""
+"""The λ-sweep figure: accuracy, truncation rate and mean generated tokens against λ (the paper's Figure 4)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 
-def plot_lambda_sweep(summary: Sequence[dict], path: str, title: str | None = None) -> str:
-    """
-    Write a PNG with two panels, accuracy and mean generated tokens against λ, one line per method, and return `path`.
+_PANELS = (
+    ("accuracy", "Accuracy (Pass@1, %)", 100),
+    ("truncation_rate", "Truncated (no EOS, %)", 100),
+    ("mean_tokens", "Mean generated tokens", 1),
+)
 
-    `summary` holds rows with `method`, `realign_lambda`, `accuracy` and `mean_tokens` (as returned by
-    [`~trl_realign.evaluation.evaluate`]). Dotted lines mark λ=0 (reference model) and λ=1 (aligned model).
+
+def lambda_sweep_figure(summary: Sequence[dict], title: str | None = None):
+    """
+    A matplotlib `Figure` with three panels against λ: accuracy, truncation rate and mean generated tokens, one line
+    per method.
+
+    `summary` holds rows with `method`, `realign_lambda`, `accuracy`, `truncation_rate` and `mean_tokens` (as
+    returned by [`~trl_realign.evaluation.evaluate`]). Dotted lines mark λ=0 (reference model) and λ=1 (aligned model).
     """
     if not summary:
         raise ValueError("Nothing to plot: the summary is empty.")
+    needed = {"method", "realign_lambda", *(key for key, _, _ in _PANELS)}
+    missing = sorted(needed - set(summary[0]))
+    if missing:
+        raise ValueError(f"The summary rows lack {missing}; pass the rows `evaluate()` or `summarize()` return.")
     # The object-oriented API renders with Agg without pyplot, so the caller's matplotlib backend is left alone
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    accuracy_axes, tokens_axes = figure.subplots(1, 2, sharex=True)
+    figure = Figure(figsize=(14, 4), layout="constrained")
+    panels = figure.subplots(1, len(_PANELS), sharex=True)
     methods = list(dict.fromkeys(row["method"] for row in summary))
     for method in methods:
         rows = sorted((row for row in summary if row["method"] == method), key=lambda row: row["realign_lambda"])
         lambdas = [row["realign_lambda"] for row in rows]
-        accuracy_axes.plot(lambdas, [100 * row["accuracy"] for row in rows], marker="o", label=method)
-        tokens_axes.plot(lambdas, [row["mean_tokens"] for row in rows], marker="o", label=method)
-    for axes, ylabel in ((accuracy_axes, "Accuracy (Pass@1, %)"), (tokens_axes, "Mean generated tokens")):
+        for axes, (key, _, scale) in zip(panels, _PANELS):
+            axes.plot(lambdas, [scale * row[key] for row in rows], marker="o", label=method)
+    for axes, (_, ylabel, _) in zip(panels, _PANELS):
         for boundary in (0.0, 1.0):
             axes.axvline(boundary, color="grey", linestyle=":", linewidth=1)
         axes.set_xlabel("λ (0: reference, 1: aligned)")
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3)
-    # From zero, so that the height of a point reads as its accuracy (and an all-zero sweep still shows a scale)
-    accuracy_axes.set_ylim(0, max(1.0, 110 * max(row["accuracy"] for row in summary)))
+    # Rates from zero, so that the height of a point reads as its value (and an all-zero sweep still shows a scale)
+    for axes, (key, _, scale) in zip(panels, _PANELS):
+        if scale == 100:
+            axes.set_ylim(0, max(1.0, 1.1 * scale * max(row[key] for row in summary)))
     if len(methods) > 1:
-        accuracy_axes.legend()
+        panels[0].legend()
     if title:
         figure.suptitle(title)
-    figure.savefig(path, format="png", dpi=120)
+    return figure
+
+
+def plot_lambda_sweep(summary: Sequence[dict], path: str, title: str | None = None) -> str:
+    """Write [`lambda_sweep_figure`] as a PNG to `path` and return `path`."""
+    lambda_sweep_figure(summary, title).savefig(path, format="png", dpi=120)
     return path

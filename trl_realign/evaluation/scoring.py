@@ -66,14 +66,29 @@ def parse_gold(answer: str) -> list:
     return parsed or parse(answer, parsing_timeout=parsing_timeout)
 
 
+def _anchored_extraction() -> list:
+    """
+    TRL's `accuracy_reward` extraction (a `\\boxed{}` answer first, then LaTeX after an anchor such as "the final
+    answer is"), plus plain expressions after the same anchors ("Answer: 12"). Never the last number of the text: in
+    an unfinished trace that is whatever it stopped on (math-verify's default `try_extract_without_anchor=True`).
+    """
+    from latex2sympy2_extended import NormalizationConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    latex = LatexExtractionConfig(
+        normalization_config=NormalizationConfig(units=True), boxed_match_priority=0, try_extract_without_anchor=False
+    )
+    return [latex, ExprExtractionConfig(try_extract_without_anchor=False)]
+
+
 def math_verify_scorer(completion: str, answer: str) -> float:
     """
     1.0 if math-verify finds the completion's final answer equivalent to `answer` (e.g. `\\frac{1}{2}` and `0.5`),
     else 0.0.
 
-    The completion is parsed with math-verify's defaults: a `\\boxed{}` answer first, then an anchored one ("the final
-    answer is 3"), then the last expression. Raises `ValueError` if `answer` itself cannot be parsed; check a dataset
-    up front with [`check_answers`].
+    The completion's answer is extracted as TRL's `accuracy_reward` does: a `\\boxed{}` answer first, then an anchored
+    one ("the final answer is 3"); a completion without either scores 0. Raises `ValueError` if `answer` itself cannot
+    be parsed; check a dataset up front with [`check_answers`].
     """
     from math_verify import parse, verify
 
@@ -81,7 +96,12 @@ def math_verify_scorer(completion: str, answer: str) -> float:
     if not gold:
         raise ValueError(f"math-verify cannot parse the gold answer {answer!r}; use scorer='exact_match' for it.")
     parsing_timeout, verify_timeout = _timeouts()
-    prediction = parse(completion, parsing_timeout=parsing_timeout)
+    prediction = parse(
+        completion,
+        extraction_config=_anchored_extraction(),
+        extraction_mode="first_match",
+        parsing_timeout=parsing_timeout,
+    )
     return float(verify(gold, prediction, timeout_seconds=verify_timeout))
 
 
