@@ -354,3 +354,37 @@ def test_trra_iter_uses_previous_result_as_aligned_model(tmp_path, tokenizer, mo
     assert seen[0] is b and seen[1] == outputs[0]
     for k, v in a.state_dict().items():
         assert torch.equal(v, a_before[k]), "TrRa-iter must not train model A in place"
+
+
+@pytest.mark.parametrize(
+    "kwargs,divergence,beta",
+    [
+        ({}, "reverse_kl", 1.0),  # the paper's Eq. 6
+        ({"beta": 0.0}, "forward_kl", 0.0),  # beta alone selects the divergence, as in TRL's DistillationConfig
+        ({"beta": 1.0}, "reverse_kl", 1.0),
+        ({"beta": 0.3}, "jsd", 0.3),
+        ({"divergence": "forward_kl"}, "forward_kl", 0.0),
+        ({"divergence": "jsd"}, "jsd", 0.5),
+        ({"divergence": "jsd", "beta": 0.2}, "jsd", 0.2),
+        ({"divergence": "reverse_kl", "beta": 1.0}, "reverse_kl", 1.0),
+    ],
+)
+def test_beta_and_divergence_resolve_like_trl(tmp_path, kwargs, divergence, beta):
+    args = make_args(tmp_path, **kwargs)
+    assert (args.divergence, args.beta) == (divergence, beta)
+
+
+@pytest.mark.parametrize("kwargs", [{"divergence": "reverse_kl", "beta": 0.5}, {"divergence": "forward_kl", "beta": 1.0}])
+def test_conflicting_beta_and_divergence_are_rejected(tmp_path, kwargs):
+    with pytest.raises(ValueError, match="beta.*divergence|divergence.*beta"):
+        make_args(tmp_path, **kwargs)
+
+
+def test_beta_zero_alone_trains_forward_kl(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=make_args(tmp_path, beta=0.0),
+                          train_dataset=pc_dataset(), processing_class=tokenizer)
+    batch = first_batch(trainer)
+    loss = trainer.compute_loss(trainer.model, batch)
+    expected = reference_loss(fresh(a), a, b, batch, 1.5, "forward_kl", vocab=len(tokenizer))
+    torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-5, rtol=1e-5)

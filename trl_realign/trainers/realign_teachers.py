@@ -45,8 +45,8 @@ class RealignLossOptions:
 
     realign_lambda: float
     vocab_size: int
-    divergence: str = "reverse_kl"
-    beta: float = 0.5
+    divergence: str | None = None  # resolved as `losses.resolve_divergence` does: beta alone may select it
+    beta: float | None = None
     temperature: float = 1.0
     token_chunk_size: int = 256
     vocab_chunk_size: int | None = None
