@@ -388,3 +388,141 @@ def test_beta_zero_alone_trains_forward_kl(tmp_path, tokenizer):
     loss = trainer.compute_loss(trainer.model, batch)
     expected = reference_loss(fresh(a), a, b, batch, 1.5, "forward_kl", vocab=len(tokenizer))
     torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+def naive_kl_to_reference(trainer, reference, batch):
+    """KL(student ‖ reference) per scored token, from full logits (λ = 0: the teacher is the reference)."""
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        z_s = trainer.model(**kwargs).logits[:, :-1]
+        z_a = reference(**kwargs).logits[:, :-1]
+    return GKDTrainer.generalized_jsd_loss(z_s, z_a, labels=batch["labels"][:, 1:], beta=1.0)
+
+
+def test_peft_reference_head_is_the_untrained_head_with_lm_head_in_modules_to_save(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    a, b = models(tokenizer=tokenizer)
+    reference = copy.deepcopy(a)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=0.0),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    with torch.no_grad():  # the trained copy of the head moves away from A's
+        trained_head = trainer.model.base_model.model.lm_head.modules_to_save["default"].weight
+        trained_head.add_(torch.randn_like(trained_head))
+    batch = first_batch(trainer)
+    expected = naive_kl_to_reference(trainer, reference, batch)
+    assert expected.item() > 0.1
+    torch.testing.assert_close(trainer.compute_loss(trainer.model, batch).detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_peft_student_with_a_trained_adapter_is_realigned_from_its_starting_policy(tmp_path, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    a, b = models(tokenizer=tokenizer)
+    student = get_peft_model(a, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    with torch.no_grad():  # e.g. after SFT-LoRA: the adapter is no longer the identity
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    starting_policy = copy.deepcopy(student).merge_and_unload()
+    trainer = TrRaTrainer(model=student, aligned_model=b,
+                          args=make_args(tmp_path, realign_lambda=0.0, max_steps=3, learning_rate=5e-2),
+                          train_dataset=pc_dataset(), processing_class=tokenizer)
+    batch = first_batch(trainer)
+    # A is the starting policy (DPOTrainer's rule), so at λ=0 the student starts on its own reference
+    assert trainer.compute_loss(trainer.model, batch).item() == 0.0
+    trainer.args.realign_lambda = trainer.realign_lambda = 2.0
+    trainer.train()
+    trainer.realign_lambda = 0.0
+    # After training, the loss at λ=0 is the KL to the (unchanged) starting policy, not to the adapter-free base
+    expected = naive_kl_to_reference(trainer, starting_policy, batch)
+    assert expected.item() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_is_disabled_in_student_and_teachers_by_default(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.5))
+    assert trainer.args.disable_dropout is True
+    dropouts = [m for model in (trainer.model, trainer.aligned_model) for m in model.modules()
+                if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0 for m in dropouts)
+
+
+def test_peft_reference_forward_runs_without_dropout(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    # Attention dropout is not an nn.Dropout that disable_dropout could zero: only eval mode turns it off
+    a = tiny_causal_lm("llama", seed=0, vocab_size=len(tokenizer), attention_dropout=0.5)
+    _, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=0.0, disable_dropout=False),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.0))
+    modes = []
+    attention = trainer.model.base_model.model.model.layers[0].self_attn
+    attention.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, first_batch(trainer))
+    assert modes == [True, False]  # the student's forward with dropout, the reference's without
+    assert trainer.model.training and attention.training
+
+
+def test_model_card_names_trra_and_the_paper(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                          processing_class=tokenizer)
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "TrRa" in card and "2506.12704" in card and "Flexible Realignment" in card
+    assert {"trl-realign", "trra"} <= set(trainer.model.model_tags)
+
+
+def test_gkd_style_positional_call_works(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(a, b, make_args(tmp_path, realign_lambda=0.0), pc_dataset(), processing_class=tokenizer)
+    assert trainer.accelerator.unwrap_model(trainer.aligned_model) is b
+    assert trainer.compute_loss(trainer.model, first_batch(trainer)).item() == 0.0  # A: a copy of the student
+
+
+def test_positional_config_in_the_wrong_place_fails_at_once_naming_args(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    with pytest.raises(TypeError, match=r"`args`.*TrRaConfig.*ref_model="):
+        # The order before: (model, ref_model, aligned_model, args, train_dataset, ...)
+        TrRaTrainer(a, copy.deepcopy(a), b, make_args(tmp_path), pc_dataset(), processing_class=tokenizer)
+
+
+def test_tokenizer_loaded_two_ways_is_accepted(tmp_path, tokenizer):
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from trl_realign.modeling.checks import check_tokenizer_of
+
+    # The teacher's folder says Qwen2Tokenizer with no unk token: AutoTokenizer adds Qwen2's default unk
+    # ('<|endoftext|>') as one more token, which the student's tokenizer, loaded from the file alone, lacks
+    folder = tmp_path / "teacher"
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("unk_token", None)
+    config["tokenizer_class"] = "Qwen2Tokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    student = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="<eos>")
+    assert set(AutoTokenizer.from_pretrained(folder).get_vocab()) - set(student.get_vocab())
+    teacher = tiny_causal_lm("llama", seed=1, vocab_size=len(tokenizer))
+    teacher.name_or_path = str(folder)
+    check_tokenizer_of(teacher, student, "aligned model")
+
+
+def test_teacher_tokenizer_missing_a_student_token_is_rejected(tmp_path, tokenizer):
+    from trl_realign.modeling.checks import check_same_tokenizer
+
+    smaller = build_char_tokenizer(alphabet="0123456789")
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        check_same_tokenizer(tokenizer, smaller, "aligned model")
+    check_same_tokenizer(smaller, smaller, "aligned model")

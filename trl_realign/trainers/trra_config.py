@@ -45,6 +45,9 @@ class TrRaConfig(SFTConfig):
         teacher_model_init_kwargs (`dict[str, Any]`, *optional*):
             Keyword arguments for `AutoModelForCausalLM.from_pretrained` when a teacher is given by name or path.
             Defaults to `model_init_kwargs`.
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Zero every dropout layer of the student and the teachers, as TRL's DPO and distillation trainers can.
+            Whatever its value, teacher forwards (a PEFT student's reference forward included) run in eval mode.
     """
 
     realign_lambda: float = field(
@@ -75,6 +78,10 @@ class TrRaConfig(SFTConfig):
     )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "from_pretrained kwargs for the teachers (defaults to model_init_kwargs)."}
+    )
+
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Zero the dropout of the student and the teachers."}
     )
 
     def __post_init__(self):
