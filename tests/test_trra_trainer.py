@@ -526,3 +526,60 @@ def test_teacher_tokenizer_missing_a_student_token_is_rejected(tmp_path, tokeniz
     with pytest.raises(ValueError, match="tokenizer differs"):
         check_same_tokenizer(tokenizer, smaller, "aligned model")
     check_same_tokenizer(smaller, smaller, "aligned model")
+
+
+def test_trra_iter_frees_each_iteration_before_building_the_next(tmp_path, tokenizer, monkeypatch):
+    import gc
+    import weakref
+
+    import trl_realign.trainers.trra_iter as trra_iter
+
+    a, b = models(tokenizer=tokenizer)
+    previous, alive_at_init = [], []
+    original = trra_iter.TrRaTrainer
+
+    class Spy(original):
+        def __init__(self, *args, **kwargs):
+            gc.collect()
+            alive_at_init.append([ref() is not None for ref in previous])
+            super().__init__(*args, **kwargs)
+            # The student, its optimizer's owner (the trainer) and the teacher that iteration k loaded itself
+            previous[:] = [weakref.ref(self), weakref.ref(self.model), weakref.ref(self.ref_model)]
+
+    monkeypatch.setattr(trra_iter, "TrRaTrainer", Spy)
+    train_trra_iterations(a, b, make_args(tmp_path, max_steps=1), 3, pc_dataset(), processing_class=tokenizer)
+    assert alive_at_init == [[], [False, False, False], [False, False, False]]
+
+
+def test_packed_padding_free_batches_keep_document_boundaries_and_per_document_length(tmp_path, tokenizer):
+    from trl_realign.modeling.model_parts import decoder_of
+
+    a, b = models(tokenizer=tokenizer)
+    packed = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b,
+                         args=make_args(tmp_path, packing=True, max_length=20, per_device_train_batch_size=2),
+                         train_dataset=pc_dataset(8), processing_class=tokenizer)
+    batch = first_batch(packed)
+    assert {"cu_seq_lens_q", "max_length_q", "seq_idx"} <= batch.keys() and "attention_mask" not in batch
+    seen = []
+    for model in (packed.model, b):
+        decoder_of(model).register_forward_pre_hook(lambda m, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+    loss = packed.compute_loss(packed.model, batch)
+    padding_free_keys = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx", "position_ids"}
+    assert len(seen) == 2 and all(padding_free_keys <= keys for keys in seen)
+
+    # The same documents, padded one per row: the same tokens scored, the same loss
+    documents = int(batch["cu_seq_lens_q"].numel() - 1)
+    assert documents > batch["input_ids"].shape[0]
+    padded = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b,
+                         args=make_args(tmp_path, per_device_train_batch_size=documents),
+                         train_dataset=pc_dataset(8), processing_class=tokenizer)
+    rows = [padded.train_dataset[i] for i in range(len(padded.train_dataset))]
+    starts = batch["cu_seq_lens_q"].tolist()
+    packed_docs = [batch["input_ids"][0, s:e].tolist() for s, e in zip(starts, starts[1:])]
+    padded_batch = padded._prepare_inputs(padded.data_collator([r for r in rows if r["input_ids"] in packed_docs]))
+    assert padded_batch["input_ids"].shape[0] == documents
+    torch.testing.assert_close(loss.detach(), padded.compute_loss(padded.model, padded_batch).detach(),
+                               atol=1e-5, rtol=1e-5)
+    scored = (batch["labels"][:, 1:] != -100).sum().item()
+    mode = "train" if packed.model.training else "eval"
+    assert packed._metrics[mode]["completion_length"] == [scored / documents]

@@ -33,7 +33,12 @@ from ..modeling.model_parts import decoder_of, is_peft_model, unwrap_peft
 
 logger = logging.getLogger(__name__)
 
-_BACKBONE_KEYS = ("input_ids", "attention_mask", "position_ids")
+# What the backbone reads, including what TRL's padding-free collator emits for packed documents: flash-attention
+# kernels take the boundaries from `cu_seq_lens_*` / `max_length_*`, hybrid (state-space) layers from `seq_idx`
+_BACKBONE_KEYS = (
+    "input_ids", "attention_mask", "position_ids",
+    "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
+)  # fmt: skip
 # Stateless: reroutes a call through a wrapper's forward (DDP/DeepSpeed hooks see one forward per model)
 redirect_forward = _ForwardRedirection()
 
@@ -266,8 +271,8 @@ def realign_loss(
     Args:
         student: the unwrapped student (a transformers model or a PEFT wrapper).
         teachers ([`RealignTeachers`]): B and A.
-        inputs: `input_ids` (and optionally `attention_mask`, `position_ids`), with `labels` or `completion_mask`
-            (see [`scored_mask`]).
+        inputs: `input_ids` (and optionally `attention_mask`, `position_ids`, and the padding-free keys
+            `cu_seq_lens_q/k`, `max_length_q/k`, `seq_idx`), with `labels` or `completion_mask` (see [`scored_mask`]).
         num_items_in_batch: the normaliser, or `None`.
         options ([`RealignLossOptions`]).
 
@@ -320,10 +325,18 @@ def realign_loss(
             out.divergence.sum(),
             out.student_entropy.sum(),
             out.teacher_entropy.sum(),
-            torch.tensor(float(mask.shape[0]), device=mask.device),
+            _num_sequences(inputs, mask),
         ]
     ).to(loss.device)
     return loss, stats
+
+
+def _num_sequences(inputs, mask) -> torch.Tensor:
+    """Rows of the batch; for a padding-free batch (several documents flattened in a row), the scored documents."""
+    if "seq_idx" in inputs:
+        # Position t is scored for token t+1, which belongs to document seq_idx[t+1]
+        return torch.unique(inputs["seq_idx"][:, 1:][mask]).numel() + mask.new_zeros((), dtype=torch.float32)
+    return torch.tensor(float(mask.shape[0]), device=mask.device)
 
 
 def realign_metrics(stats: torch.Tensor) -> dict[str, float]:
