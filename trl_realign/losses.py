@@ -53,17 +53,36 @@ class RealignDivergenceOutput(NamedTuple):
     teacher_entropy: torch.Tensor
 
 
-def divergence_beta(divergence: str, beta: float = 0.5) -> float:
-    """TRL's generalised-JSD weight for `divergence`: 1 is KL(student ‖ teacher), 0 is KL(teacher ‖ student)."""
-    if divergence not in DIVERGENCES:
+_DIVERGENCE_OF_BETA = {0.0: "forward_kl", 1.0: "reverse_kl"}
+
+
+def resolve_divergence(divergence: str | None = None, beta: float | None = None) -> tuple[str, float]:
+    """
+    The divergence and its generalised-JSD weight β from either knob, as TRL's `DistillationConfig` reads `beta`:
+    β=1 is KL(student ‖ teacher) (`"reverse_kl"`), β=0 KL(teacher ‖ student) (`"forward_kl"`), else `"jsd"`.
+
+    `divergence` alone: reverse KL → β=1, forward KL → β=0, `"jsd"` → β=0.5. `beta` alone selects the divergence.
+    Neither: reverse KL, the paper's Eq. 6. Both: they must agree (any β in [0, 1] with `"jsd"`).
+
+    Returns:
+        `(divergence, beta)`.
+    """
+    if divergence is not None and divergence not in DIVERGENCES:
         raise ValueError(f"Unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}.")
-    if divergence == "reverse_kl":
-        return 1.0
-    if divergence == "forward_kl":
-        return 0.0
+    if beta is None:
+        beta = {"forward_kl": 0.0, "jsd": 0.5}.get(divergence, 1.0)
+    beta = float(beta)
     if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"`beta` must lie in [0, 1] for divergence='jsd', got {beta}.")
-    return float(beta)
+        raise ValueError(f"`beta` must lie in [0, 1] (0 forward KL, 1 reverse KL, in between JSD), got {beta}.")
+    implied = _DIVERGENCE_OF_BETA.get(beta, "jsd")
+    if divergence is None:
+        return implied, beta
+    if divergence != "jsd" and divergence != implied:
+        raise ValueError(
+            f"`beta={beta}` and `divergence={divergence!r}` disagree: beta alone selects the divergence (0 forward KL, "
+            "1 reverse KL, in between the generalised JSD). Set only one of them, or `divergence='jsd'` with a beta."
+        )
+    return divergence, beta
 
 
 def realign_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, realign_lambda) -> torch.Tensor:
@@ -74,37 +93,59 @@ def realign_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, reali
 # ---------------------------------------------------------------------------------------------------- per-chunk math
 
 
-def _token_divergence(log_ps, log_pt, beta: float, ps=None, pt=None):
-    """Per-token divergence, and the per-token term the student's gradient needs (see `_logit_grad`)."""
-    ps = log_ps.exp() if ps is None else ps
-    if beta == 1.0:
-        kl = (ps * (log_ps - log_pt)).sum(-1)
-        return kl, kl
-    pt = log_pt.exp() if pt is None else pt
-    if beta == 0.0:
-        return (pt * (log_pt - log_ps)).sum(-1), None
-    log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
-    kl_student = (ps * (log_ps - log_m)).sum(-1)
-    kl_teacher = (pt * (log_pt - log_m)).sum(-1)
-    return beta * kl_teacher + (1 - beta) * kl_student, kl_student
+def _log_mixture(log_ps, log_pt, beta: float) -> torch.Tensor:
+    """log m, m = (1−β) p_s + β p_t: the mixture of the generalised JSD."""
+    return torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
 
 
-def _logit_grad(log_ps, log_pt, aux, beta: float, inv_t: float, ps=None) -> torch.Tensor:
+def _residual(log_ps, log_pt, beta: float, consume: bool = False) -> torch.Tensor:
     """
-    d divergence / d student logits (before temperature), for one tile of the vocabulary.
+    r = log p_s − log q, with q = p_t for reverse KL (β=1) and q = m for the generalised JSD (0<β<1). With `consume`,
+    log_pt's buffer may be overwritten (one `[chunk, vocab]` buffer fewer).
+    """
+    if beta == 1.0:
+        return log_pt.neg_().add_(log_ps) if consume else log_ps - log_pt
+    return _log_mixture(log_ps, log_pt, beta).neg_().add_(log_ps)
+
+
+def _token_terms(log_ps, log_pt, ps, pt, beta: float, consume: bool = False):
+    """
+    Per-token divergence D of one vocabulary tile, and what the student's gradient needs (see `_logit_grad`):
+
+    reverse KL (β=1): r = log p_s − log p_t, aux = ⟨p_s, r⟩ = D;
+    generalised JSD: r = log p_s − log m, aux = ⟨p_s, r⟩ = KL(p_s ‖ m), D = (1−β) aux + β KL(p_t ‖ m);
+    forward KL (β=0): D = ⟨p_t, log p_t − log p_s⟩, no aux or r.
+
+    Over several tiles D and aux are sums of the tiles' values. Returns `(D, aux, r)`.
+    """
+    if beta == 0.0:
+        diff = log_pt.sub_(log_ps) if consume else log_pt - log_ps
+        return _vecdot(pt, diff), None, None
+    if beta == 1.0:
+        r = _residual(log_ps, log_pt, beta, consume)
+        div = _vecdot(ps, r)
+        return div, div, r
+    log_m = _log_mixture(log_ps, log_pt, beta)
+    kl_teacher = _vecdot(pt, log_pt - log_m)
+    r = log_m.neg_().add_(log_ps)
+    aux = _vecdot(ps, r)
+    return (1 - beta) * aux + beta * kl_teacher, aux, r
+
+
+def _logit_grad(r, aux, ps, pt, beta: float, inv_t: float) -> torch.Tensor:
+    """
+    d divergence / d student logits (before temperature) of one tile, from `_token_terms`' r and the whole-vocabulary
+    aux. Overwrites r (or ps, for forward KL).
 
     With g = ∂D/∂p_s, the softmax gives ∂D/∂z = p_s ⊙ (g − ⟨p_s, g⟩) / T:
-    reverse KL: p_s ⊙ (log p_s − log p_t − KL); forward KL: p_s − p_t; generalised JSD with m = (1−β)p_s + βp_t:
-    (1−β) p_s ⊙ (log p_s − log m − KL(p_s ‖ m)).
+    reverse KL: p_s ⊙ (r − aux); forward KL: p_s − p_t; generalised JSD: (1−β) p_s ⊙ (r − aux).
     """
-    ps = log_ps.exp() if ps is None else ps
-    if beta == 1.0:
-        grad = (log_ps - log_pt).sub_(aux.unsqueeze(-1)).mul_(ps)
-    elif beta == 0.0:
-        grad = ps - log_pt.exp()
+    if beta == 0.0:
+        grad = ps.sub_(pt)
     else:
-        log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
-        grad = (log_ps - log_m).sub_(aux.unsqueeze(-1)).mul_(ps).mul_(1 - beta)
+        grad = r.sub_(aux.unsqueeze(-1)).mul_(ps)
+        if beta != 1.0:
+            grad.mul_(1 - beta)
     return grad.mul_(inv_t) if inv_t != 1.0 else grad
 
 
@@ -199,19 +240,9 @@ def _single_tile_chunk(h_s, w_s, b_s, teachers, vocab_size, beta, inv_t, want_gr
     pt = log_pt.exp()
     ent_t = -_vecdot(pt, log_pt)
     if beta == 1.0:
-        del pt
-        diff = log_pt.neg_().add_(log_ps)  # log p_s − log p_t, in log_pt's buffer
-        div = _vecdot(ps, diff)
-        dz = diff.sub_(div.unsqueeze(-1)).mul_(ps) if want_grad else None
-    elif beta == 0.0:
-        diff = log_pt.sub_(log_ps)  # log p_t − log p_s
-        div = _vecdot(pt, diff)
-        dz = ps.sub_(pt) if want_grad else None
-    else:
-        div, aux = _token_divergence(log_ps, log_pt, beta, ps, pt)
-        dz = _logit_grad(log_ps, log_pt, aux, beta, 1.0, ps=ps) if want_grad else None
-    if dz is not None and inv_t != 1.0:
-        dz.mul_(inv_t)
+        pt = None  # reverse KL needs no p_t: free its buffer before the residual takes one
+    div, aux, r = _token_terms(log_ps, log_pt, ps, pt, beta, consume=True)
+    dz = _logit_grad(r, aux, ps, pt, beta, inv_t) if want_grad else None
     return div, ent_s, ent_t, dz
 
 
@@ -269,17 +300,20 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                 div, aux, ent_s, ent_t = 0.0, None, 0.0, 0.0
                 for _, _, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
                     ps, pt = log_ps.exp(), log_pt.exp()
-                    d, a = _token_divergence(log_ps, log_pt, beta, ps, pt)
+                    ent_s = ent_s - _vecdot(ps, log_ps)
+                    ent_t = ent_t - _vecdot(pt, log_pt)
+                    d, a, _ = _token_terms(log_ps, log_pt, ps, pt, beta, consume=True)
                     div = div + d
                     aux = a if aux is None else (aux if a is None else aux + a)
-                    ent_s = ent_s - (ps * log_ps).sum(-1)
-                    ent_t = ent_t - (pt * log_pt).sum(-1)
                 divergence[rows], student_entropy[rows], teacher_entropy[rows] = div, ent_s, ent_t
 
                 if any(needs_grad):
                     # Pass 3: the student's gradients, while the chunk's hidden states and head are at hand
                     for tile_start, tile_end, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
-                        add_gradients(_logit_grad(log_ps, log_pt, aux, beta, inv_t), rows, h_s, tile_start, tile_end)
+                        ps = log_ps.exp()
+                        pt = log_pt.exp() if beta == 0.0 else None
+                        r = None if beta == 0.0 else _residual(log_ps, log_pt, beta, consume=True)
+                        add_gradients(_logit_grad(r, aux, ps, pt, beta, inv_t), rows, h_s, tile_start, tile_end)
 
         ctx.grads = (
             None if grad_h is None else grad_h.to(student_hidden.dtype),
@@ -310,8 +344,8 @@ def streamed_realign_divergence(
     teachers: list[TeacherHead],
     *,
     vocab_size: int | None = None,
-    divergence: str = "reverse_kl",
-    beta: float = 0.5,
+    divergence: str | None = None,
+    beta: float | None = None,
     temperature: float = 1.0,
     token_chunk_size: int = 256,
     vocab_chunk_size: int | None = None,
@@ -333,9 +367,10 @@ def streamed_realign_divergence(
         vocab_size (`int`, *optional*):
             Only the first `vocab_size` rows of every head are scored: the tokens the tokenizer can produce. Heads
             padded to different sizes (151,936 vs 152,064 rows for Qwen) then mix. Defaults to the student's rows.
-        divergence (`str`):
-            `"reverse_kl"` KL(student ‖ teacher) (the paper's Eq. 6), `"forward_kl"` KL(teacher ‖ student), or `"jsd"`,
-            the generalised Jensen–Shannon divergence of TRL's GKD with weight `beta`.
+        divergence (`str`, *optional*), beta (`float`, *optional*):
+            `"reverse_kl"` KL(student ‖ teacher) (the paper's Eq. 6, the default), `"forward_kl"` KL(teacher ‖ student),
+            or `"jsd"`, the generalised Jensen–Shannon divergence of TRL's GKD with weight `beta`. `beta` alone selects
+            the divergence as in TRL's distillation (see [`resolve_divergence`]); a conflicting pair is an error.
         temperature (`float`): divides every logit.
         token_chunk_size (`int`): tokens per chunk; peak memory grows with `token_chunk_size × vocab_chunk_size`.
         vocab_chunk_size (`int`, *optional*):
@@ -346,7 +381,7 @@ def streamed_realign_divergence(
         [`RealignDivergenceOutput`]: the summed loss (differentiable with respect to the student) and detached
         per-token divergence and entropies.
     """
-    beta = divergence_beta(divergence, beta)
+    _, beta = resolve_divergence(divergence, beta)
     if not teachers:
         raise ValueError("`teachers` is empty: pass at least one `TeacherHead`.")
     if student_hidden.dim() != 2:
@@ -372,10 +407,8 @@ def streamed_realign_divergence(
         grad_on and student_bias is not None and student_bias.requires_grad,
     )
     options = (vocab_size, beta, float(temperature), int(token_chunk_size), vocab_chunk_size, needs_grad)
-    if student_hidden.shape[0] == 0:
-        zero = student_hidden.sum() * 0.0 + student_weight.sum() * 0.0 if any(needs_grad) else student_hidden.new_zeros(())
-        empty = student_hidden.new_zeros(0, dtype=torch.float32)
-        return RealignDivergenceOutput(zero.float(), empty, empty, empty)
+    # No early return without tokens: under ZeRO-3 every process must join the heads' all-gather inside, whether or not
+    # its batch scores a token, or the others wait in it forever. With no rows the loss is 0, its gradients zeros.
     loss, div, ent_s, ent_t = _StreamedRealignDivergence.apply(
         student_hidden, student_weight, student_bias, tuple(teachers), options
     )
@@ -386,15 +419,15 @@ def naive_realign_divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     *,
-    divergence: str = "reverse_kl",
-    beta: float = 0.5,
+    divergence: str | None = None,
+    beta: float | None = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """
     Per-token divergence from full `[..., vocab]` logits (the fused teacher's, e.g. from [`realign_logits`]). The
     reference for tests and benchmarks: it materialises everything, and autograd differentiates it.
     """
-    beta = divergence_beta(divergence, beta)
+    _, beta = resolve_divergence(divergence, beta)
     log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return _token_divergence(log_ps, log_pt, beta)[0]
+    return _token_terms(log_ps, log_pt, log_ps.exp(), log_pt.exp(), beta)[0]
