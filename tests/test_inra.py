@@ -362,8 +362,11 @@ def test_bad_input_is_refused():
         inra(input_ids, realign_lambda=torch.ones(3, 1))
     with pytest.raises(TypeError, match="number or a tensor"):
         inra(input_ids, realign_lambda="0.5")
+    # An empty DynamicCache (what generate creates) becomes the two-path cache; one holding tokens cannot
+    assert isinstance(inra(input_ids, past_key_values=DynamicCache(), realign_lambda=0.5).past_key_values, InRaCache)
+    filled = base(input_ids, use_cache=True).past_key_values
     with pytest.raises(TypeError, match="InRaCache"):
-        inra(input_ids, past_key_values=DynamicCache(), realign_lambda=0.5)
+        inra(input_ids, past_key_values=filled, realign_lambda=0.5)
     with pytest.raises(ValueError, match="holds only the 'reference' path"):
         inra(input_ids, past_key_values=InRaCache(inra.config, paths="reference"), realign_lambda=0.5)
     with pytest.raises(ValueError, match="no `layer_adapter` marker"):

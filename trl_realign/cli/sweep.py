@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from .._compat import parser_actions
+
 
 def make_parser(prog: str | None = "trl-realign sweep"):
     from trl import TrlParser
@@ -18,7 +20,7 @@ def make_parser(prog: str | None = "trl-realign sweep"):
 def check(config) -> None:
     """Every swept or overridden key must be an option of the training command, checked before anything trains."""
     command_parser = importlib.import_module(f".{config.command}", __package__).make_parser(prog=None)
-    options = {action.dest for action in command_parser._actions}
+    options = {action.dest for action in parser_actions(command_parser)}
     unknown = sorted((set(config.parameters) | set(config.overrides)) - options)
     if unknown:
         raise ValueError(

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from .._compat import trainer_metrics
 from ..modeling.adapter import (
     ADAPTER_INITS,
     RESIDUAL_WRITERS,
@@ -280,5 +281,5 @@ class CompletionLengthMetricMixin:
             # Every process calls compute_loss once per micro-batch, so the gather is matched across ranks
             lengths = self.accelerator.gather_for_metrics(mask.sum(dim=1).float())
             mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["completion_length"].append(lengths.mean().item())
+            trainer_metrics(self, mode)["completion_length"].append(lengths.mean().item())
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)

@@ -10,8 +10,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed
-from trl.models.utils import _ForwardRedirection  # private: pinned by trl<1.17 in pyproject.toml
 
+from .._compat import forward_redirection as _ForwardRedirection
+from .._compat import trainer_metrics
 from ..losses import TeacherHead, streamed_realign_divergence
 from ..modeling.checks import (
     check_linear_output_head,
@@ -170,15 +171,15 @@ class TrRaTrainer(SFTTrainer):
         stats = self.accelerator.gather(stats.unsqueeze(0)).sum(0)
         num_tokens, divergence, student_entropy, teacher_entropy, num_sequences = stats.tolist()
         denominator = max(num_tokens, 1.0)
-        self._metrics[mode]["divergence"].append(divergence / denominator)
-        self._metrics[mode]["student_entropy"].append(student_entropy / denominator)
-        self._metrics[mode]["teacher_entropy"].append(teacher_entropy / denominator)
-        self._metrics[mode]["completion_length"].append(num_tokens / max(num_sequences, 1.0))
+        trainer_metrics(self, mode)["divergence"].append(divergence / denominator)
+        trainer_metrics(self, mode)["student_entropy"].append(student_entropy / denominator)
+        trainer_metrics(self, mode)["teacher_entropy"].append(teacher_entropy / denominator)
+        trainer_metrics(self, mode)["completion_length"].append(num_tokens / max(num_sequences, 1.0))
         if mode == "train":
             self._total_train_tokens += int(
                 self.accelerator.gather_for_metrics(self._count_input_tokens(inputs)).sum().item()
             )
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            trainer_metrics(self, mode)["num_tokens"] = [self._total_train_tokens]
         if return_outputs:
             raise ValueError(
                 "TrRaTrainer never materialises logits, so it cannot return them; use `prediction_loss_only=True`."
