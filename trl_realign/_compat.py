@@ -21,7 +21,7 @@ from typing import Any
 # The ranges CI tests (keep in step with pyproject.toml and the README's "Supported versions")
 TESTED_RANGES = {
     "transformers": "5.19 to 5.24",
-    "trl": "1.15 to 1.16",
+    "trl": "1.16",
     "deepspeed": "0.18.6 to 0.19.8",
 }
 
