@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 export OMP_WAIT_POLICY=PASSIVE
+# Each stage tests the package its environment installed, not whatever a caller's PYTHONPATH points at
+unset PYTHONPATH
 PYTHON=${PYTHON:-python3}
 SKIP_STAGES=${SKIP_STAGES:-}
 MAIN_VENV=${MAIN_VENV:-.venv-main}
