@@ -22,7 +22,7 @@ from typing import Any
 TESTED_RANGES = {
     "transformers": "5.19 to 5.24",
     "trl": "1.16",
-    "deepspeed": "0.18.6 to 0.19.8",
+    "deepspeed": "0.19.8",
 }
 
 
