@@ -165,6 +165,17 @@ def test_continuing_from_the_returned_cache_with_a_new_lambda(tokenizer, pair, b
     assert torch.equal(continued, afresh)
 
 
+def test_pair_cache_is_a_cache_whose_layer_views_are_the_aligned_models(pair, batch):
+    """`generate()` reads generic `Cache` views (`is_sliding`, `is_linear`, ...): they describe the aligned model."""
+    dera = DeRaForCausalLM(*pair)
+    with torch.no_grad():
+        cache = dera(**batch, use_cache=True).past_key_values
+    assert isinstance(cache, DeRaCache)
+    assert cache.layers is cache.aligned_cache.layers and len(cache.layers) == pair[0].config.num_hidden_layers
+    assert cache.is_sliding == cache.aligned_cache.is_sliding
+    assert cache.get_seq_length() == batch["input_ids"].shape[1] == cache.ref_cache.get_seq_length()
+
+
 def test_models_given_as_paths(tmp_path, tokenizer, pair, batch):
     aligned, ref = pair
     aligned.save_pretrained(tmp_path / "aligned")

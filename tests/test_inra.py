@@ -222,6 +222,22 @@ def test_forward_with_cache_continues_a_sequence(lam):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_the_cache_is_taken_under_either_name():
+    """transformers 5.24 passes the cache as `cache`, earlier releases as `past_key_values`: both continue alike."""
+    base, expanded, inra = build("llama")
+    input_ids = torch.randint(4, VOCAB, (2, 7), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        continued = {}
+        for name in ("cache", "past_key_values"):
+            prefix = inra(input_ids[:, :5], realign_lambda=0.5).past_key_values
+            continued[name] = inra(input_ids[:, 5:], realign_lambda=0.5, **{name: prefix}).logits
+        with pytest.raises(ValueError, match="not both"):
+            inra(input_ids, cache=InRaCache(inra.config), past_key_values=InRaCache(inra.config))
+        full = inra(input_ids, realign_lambda=0.5, use_cache=False).logits
+    assert torch.equal(continued["cache"], continued["past_key_values"])
+    torch.testing.assert_close(continued["cache"], full[:, 5:], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("paths,lam", [("both", 0.5), ("aligned", 1.0), ("reference", 0.0)])
 def test_cache_batch_operations_act_on_each_path(paths, lam):
     base, expanded, inra = build("llama")
@@ -362,8 +378,11 @@ def test_bad_input_is_refused():
         inra(input_ids, realign_lambda=torch.ones(3, 1))
     with pytest.raises(TypeError, match="number or a tensor"):
         inra(input_ids, realign_lambda="0.5")
+    # An empty DynamicCache (what generate creates) becomes the two-path cache; one holding tokens cannot
+    assert isinstance(inra(input_ids, past_key_values=DynamicCache(), realign_lambda=0.5).past_key_values, InRaCache)
+    filled = base(input_ids, use_cache=True).past_key_values
     with pytest.raises(TypeError, match="InRaCache"):
-        inra(input_ids, past_key_values=DynamicCache(), realign_lambda=0.5)
+        inra(input_ids, past_key_values=filled, realign_lambda=0.5)
     with pytest.raises(ValueError, match="holds only the 'reference' path"):
         inra(input_ids, past_key_values=InRaCache(inra.config, paths="reference"), realign_lambda=0.5)
     with pytest.raises(ValueError, match="no `layer_adapter` marker"):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from trl_realign.cli.main import main
-from trl_realign.sweep import SweepConfig, apply_overrides, sweep_points, to_wandb_sweep
+from trl_realign.sweep import SweepConfig, apply_overrides, sweep_points
 from trl_realign.testing import tiny_causal_lm
 
 

@@ -24,8 +24,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 # private TRL helpers, pinned by trl<1.17 in pyproject.toml
-from trl.kernels.chunked_logprob import _addmm_fp32
-from trl.trainer.utils import maybe_gather_lm_head_ctx
+from ._compat import addmm_fp32 as _addmm_fp32
+from ._compat import full_shape, maybe_gather_lm_head_ctx
 
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
@@ -394,7 +394,7 @@ def streamed_realign_divergence(
             )
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"`temperature` must be a positive finite number, got {temperature}.")
-    rows = getattr(student_weight, "ds_shape", student_weight.shape)[0]
+    rows = full_shape(student_weight)[0]
     vocab_size = rows if vocab_size is None else int(vocab_size)
     if token_chunk_size < 1 or (vocab_chunk_size is not None and vocab_chunk_size < 1):
         raise ValueError("`token_chunk_size` and `vocab_chunk_size` must be positive integers (or None for the vocab).")

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from importlib import resources
 
+from .._compat import parser_actions, require_deepspeed
+
 
 ACCELERATE_CONFIGS = ("zero2", "zero3", "zero3_offload")
 # Options of `accelerate launch` that make no sense here: we always launch our own module
@@ -31,6 +33,7 @@ def accelerate_config_path(name: str) -> str:
             f"Unknown `--accelerate_config {name}`; the package ships {list(ACCELERATE_CONFIGS)}. "
             "Pass your own accelerate config file with `--config_file path.yaml` instead."
         )
+    require_deepspeed(f"`--accelerate_config {name}`")
     path = resources.files("trl_realign").joinpath("accelerate_configs", f"{name}.yaml")
     return str(path)
 
@@ -40,10 +43,9 @@ def _launcher_actions() -> dict:
     from accelerate.commands.launch import launch_command_parser
 
     parser = launch_command_parser()
-    # argparse keeps its actions in the private `_actions`; reading it is the only way to learn an option's arity
     return {
         option: action
-        for action in parser._actions
+        for action in parser_actions(parser)
         for option in action.option_strings
         if option not in _NOT_PASSED_THROUGH
     }

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..sweep import SweepConfig
 
+from .._compat import parser_actions
+
 
 def make_parser(prog: str | None = "trl-realign sweep"):
     from trl import TrlParser
@@ -25,7 +27,7 @@ def make_parser(prog: str | None = "trl-realign sweep"):
 def check(config) -> None:
     """Every swept or overridden key must be an option of the training command, checked before anything trains."""
     command_parser = importlib.import_module(f".{config.command}", __package__).make_parser(prog=None)
-    options = {action.dest for action in command_parser._actions}
+    options = {action.dest for action in parser_actions(command_parser)}
     unknown = sorted((set(config.parameters) | set(config.overrides)) - options)
     if unknown:
         raise ValueError(

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .._compat import full_shape
 from .model_parts import decoder_of
 
 
@@ -62,9 +63,8 @@ def check_tokenizer_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 def check_vocab_rows(model: PreTrainedModel, vocab_size: int, role: str) -> None:
     """The output head must have a row for every token the tokenizer can produce (extra padding rows are fine)."""
-    rows = model.get_output_embeddings().weight.shape[0]
     # Under ZeRO-3 the weight is a 0-sized shard: read the full shape DeepSpeed records instead
-    rows = getattr(model.get_output_embeddings().weight, "ds_shape", (rows,))[0]
+    rows = full_shape(model.get_output_embeddings().weight)[0]
     if rows < vocab_size:
         raise ValueError(
             f"The {role}'s output head has {rows} rows but the tokenizer has {vocab_size} tokens. Use a {role} "

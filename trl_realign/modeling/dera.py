@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, Pr
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .._compat import cache_kwarg, merge_cache_arguments
 from ..losses import realign_logits
 from .realign_lambda import check_realign_lambda
 
@@ -39,7 +40,9 @@ class DeRaCache(Cache):
     """
 
     def __init__(self, aligned_cache: Cache, ref_cache: Cache):
-        # No `super().__init__()`: this cache owns no layers itself, its two caches do
+        # The generic `Cache` views that `generate()` reads (`is_sliding`, `is_linear`, ...) describe the aligned
+        # model's layers, like `get_seq_length`: the list is shared (caches only ever append to it), not copied
+        super().__init__(layers=aligned_cache.layers)
         self.aligned_cache = aligned_cache
         self.ref_cache = ref_cache
 
@@ -207,12 +210,15 @@ class DeRaForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         realign_lambda: float | torch.Tensor | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
         realign_lambda (`float` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
             λ of `λ·z_aligned + (1−λ)·z_ref`, one value for the batch or one per row. Defaults to the λ given at
             construction.
+        cache (`DeRaCache`, *optional*):
+            The KV cache under the name transformers 5.24 gives it; `past_key_values` (the older name) is the same.
 
         Returns `CausalLMOutputWithPast` whose `logits` are the mixed float32 logits and whose `past_key_values` is the
         [`DeRaCache`] of both models (when `use_cache`).
@@ -224,6 +230,7 @@ class DeRaForCausalLM(PreTrainedModel, GenerationMixin):
                 "DeRa needs `input_ids`: its two models have their own embedding tables, so one `inputs_embeds` "
                 "cannot feed both."
             )
+        past_key_values = merge_cache_arguments(cache, past_key_values)
         realign_lambda = check_realign_lambda(
             self.realign_lambda if realign_lambda is None else realign_lambda, batch_size=input_ids.shape[0]
         )
@@ -237,18 +244,16 @@ class DeRaForCausalLM(PreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
-        aligned_logits = self.aligned_model(
-            **inputs, past_key_values=cache.aligned_cache if use_cache else None
-        ).logits[..., : self.vocab_size]
-        ref_logits = self.ref_model(**inputs, past_key_values=cache.ref_cache if use_cache else None).logits[
-            ..., : self.vocab_size
-        ]
+        name = cache_kwarg()
+        aligned_logits = self.aligned_model(**inputs, **{name: cache.aligned_cache if use_cache else None}).logits
+        ref_logits = self.ref_model(**inputs, **{name: cache.ref_cache if use_cache else None}).logits
+        aligned_logits, ref_logits = aligned_logits[..., : self.vocab_size], ref_logits[..., : self.vocab_size]
         # λ always becomes a float32 tensor, so that a float λ and a per-row λ take the same arithmetic
         lam = torch.as_tensor(realign_lambda, dtype=torch.float32, device=aligned_logits.device)
         if lam.ndim == 1:
             lam = lam.view(-1, 1, 1)
         logits = realign_logits(ref_logits.float(), aligned_logits.float(), lam)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(logits=logits, **{cache_kwarg(): cache})
 
     def generate(self, *args, realign_lambda: float | Sequence[float] | torch.Tensor | None = None, **kwargs):
         """

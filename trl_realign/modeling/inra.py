@@ -16,13 +16,21 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    DynamicCache,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 from transformers.utils import can_return_tuple
 
+from .._compat import cache_kwarg, merge_cache_arguments
 from .adapter import add_layer_adapter, check_supported, get_layer_adapter_config, mark_layer_adapter
 from .adapter_artifact import ADAPTER_CONFIG_NAME, ADAPTER_SUBFOLDER, ADAPTER_WEIGHTS_NAME, LayerAdapterArtifact
 from .inra_cache import InRaCache
@@ -70,6 +78,15 @@ def _stack_paths(x, batch_size: int):
     if x.shape[0] == 1 and batch_size > 1:  # broadcast over the batch already
         return x
     return torch.cat([x, x])
+
+
+def _keep_positions(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The positions whose logits are wanted: the last `logits_to_keep` (0 keeps all), or the given 1-D indices."""
+    if isinstance(logits_to_keep, int):
+        return hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+    if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.ndim == 1:
+        return hidden[:, logits_to_keep]
+    raise ValueError("InRaForCausalLM takes `logits_to_keep` as an int or a 1-D tensor of positions.")
 
 
 class InRaForCausalLM(PreTrainedModel, GenerationMixin):
@@ -254,9 +271,9 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
                     config=self.config,
                     inputs_embeds=inputs_embeds,
                     attention_mask=attention_mask,
-                    past_key_values=cache,
                     position_ids=position_ids,
                     layer_idx=index,
+                    **{cache_kwarg(): cache},
                 )
         return masks
 
@@ -272,13 +289,17 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         realign_lambda: float | torch.Tensor | None = None,
+        cache: InRaCache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
         realign_lambda (`float` or `torch.Tensor`, *optional*):
             Mixing weight: logits are λ·z_B + (1-λ)·z_A (path B: adapter then original layers; path A: original
             layers). A number, or a 1-D tensor with one value per batch row. Defaults to `self.realign_lambda`.
+        cache (`InRaCache`, *optional*):
+            The KV cache under the name transformers 5.24 gives it; `past_key_values` (the older name) is the same.
         """
+        past_key_values = merge_cache_arguments(cache, past_key_values)
         if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
             raise ValueError("InRaForCausalLM does not return attentions or hidden states (it has two paths).")
         if (input_ids is None) == (inputs_embeds is None):
@@ -290,11 +311,16 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         paths = _paths_for(realign_lambda)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
 
+        if type(past_key_values) is DynamicCache and past_key_values.get_seq_length() == 0:
+            # `generate()` creates an empty `DynamicCache` before the first forward and keeps whatever cache the
+            # forward returns, so the two-path cache replaces it here (public behaviour, unlike generate's cache hooks)
+            past_key_values = None
         if past_key_values is not None:
             if not isinstance(past_key_values, InRaCache):
                 raise TypeError(
                     "InRaForCausalLM needs an `InRaCache` (one cache per path), got "
-                    f"{type(past_key_values).__name__}. Leave `past_key_values=None` to create one, or pass "
+                    f"{type(past_key_values).__name__} holding {past_key_values.get_seq_length()} tokens. Leave "
+                    "`past_key_values=None` to create one, or pass "
                     "`InRaCache(model.config, paths='both')`."
                 )
             if past_key_values.paths == "both":
@@ -324,8 +350,8 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
                     attention_mask=masks[self._kinds[index]],
                     position_embeddings=rotary,
                     position_ids=position_ids,
-                    past_key_values=past_key_values,
                     use_cache=use_cache,
+                    **{cache_kwarg(): past_key_values},
                     **kwargs,
                 )
             return hidden
@@ -339,7 +365,7 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
             masks = {kind: _stack_paths(mask, batch_size) for kind, mask in masks.items()}
             rotary, position_ids = _stack_paths(rotary, batch_size), _stack_paths(position_ids, batch_size)
         hidden = run(hidden, range(n, len(layers)), masks, rotary, position_ids)
-        hidden = self.model.norm(slice_logits_to_keep(hidden, logits_to_keep))
+        hidden = self.model.norm(_keep_positions(hidden, logits_to_keep))
         if paths == "both":
             # Mixed in fp32: a bf16 λ (0.3 -> 0.30078) and bf16 sums would add their own rounding to the mix
             reference, aligned = hidden[:batch_size].float(), hidden[batch_size:].float()
@@ -352,7 +378,8 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None)
+        returned_cache = past_key_values if use_cache else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{cache_kwarg(): returned_cache})
 
     # -------------------------------------------------------------------------------------------------- generation
     def generate(self, *args, realign_lambda=None, **kwargs):
@@ -360,6 +387,13 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         `GenerationMixin.generate` with `realign_lambda` (a number, or one value per input row; generate repeats the
         values for `num_beams` / `num_return_sequences`). Greedy, sampling and beam search keep one KV cache per path.
         """
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        cache_implementation = kwargs.get("cache_implementation", generation_config.cache_implementation)
+        if cache_implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"InRaForCausalLM decodes with its own dynamic two-path cache; `cache_implementation="
+                f"{cache_implementation!r}` is not supported."
+            )
         inputs = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids", kwargs.get("inputs_embeds")))
         realign_lambda = check_realign_lambda(
             self.realign_lambda if realign_lambda is None else realign_lambda,
@@ -367,17 +401,3 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         )
         return super().generate(*args, realign_lambda=realign_lambda, **kwargs)
 
-    # Private GenerationMixin hook (transformers 5.23): generate calls it once, before prefill, to create the cache.
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            if generation_config.cache_implementation not in (None, "dynamic"):
-                raise ValueError(
-                    f"InRaForCausalLM decodes with its own dynamic two-path cache; `cache_implementation="
-                    f"{generation_config.cache_implementation!r}` is not supported."
-                )
-            realign_lambda = model_kwargs.get("realign_lambda")
-            model_kwargs["past_key_values"] = InRaCache(
-                self.config, paths=_paths_for(self.realign_lambda if realign_lambda is None else realign_lambda)
-            )
-            return
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)

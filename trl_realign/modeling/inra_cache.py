@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import Cache
 
+from .._compat import check_cache_layer_api
 from .adapter import num_layer_adapters
 
 
@@ -42,6 +43,7 @@ class InRaCache(Cache):
                 "InRaCache needs the config of an expanded model (with the `layer_adapter` marker); see "
                 "`trl_realign.add_layer_adapter`."
             )
+        check_cache_layer_api()
         # Reuse transformers' per-layer dispatch (full vs sliding-window layers) for the layer objects
         super().__init__(layers=DynamicCache(config=config).layers)
         self.num_adapters = num_adapters

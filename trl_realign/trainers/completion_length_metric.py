@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .._compat import trainer_metrics
+
 
 class CompletionLengthMetricMixin:
     """
@@ -17,5 +19,5 @@ class CompletionLengthMetricMixin:
             # Every process calls compute_loss once per micro-batch, so the gather is matched across ranks
             lengths = self.accelerator.gather_for_metrics(mask.sum(dim=1).float())
             mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["completion_length"].append(lengths.mean().item())
+            trainer_metrics(self, mode)["completion_length"].append(lengths.mean().item())
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)

@@ -23,9 +23,9 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl.models import prepare_deepspeed
-from trl.models.utils import _ForwardRedirection  # private: pinned by trl<1.17 in pyproject.toml
 from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
+from .._compat import forward_redirection
 from ..losses import TeacherHead, streamed_realign_divergence
 from ..modeling.checks import check_linear_output_head, check_tokenizer_of, check_vocab_rows
 from ..modeling.model_parts import decoder_of, is_peft_model, unwrap_peft
@@ -40,7 +40,7 @@ _BACKBONE_KEYS = (
     "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
 )  # fmt: skip
 # Stateless: reroutes a call through a wrapper's forward (DDP/DeepSpeed hooks see one forward per model)
-redirect_forward = _ForwardRedirection()
+redirect_forward = forward_redirection()
 
 # The frozen copy of a PEFT student's starting adapter that serves as reference A (DPOTrainer keeps one as "ref")
 REF_ADAPTER = "realign_ref"

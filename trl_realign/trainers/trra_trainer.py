@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedModel
 from trl import SFTTrainer
 
+from .._compat import trainer_metrics
 from .paper import REALIGN_PAPER
 from .realign_teachers import (
     RealignLossOptions,
@@ -104,12 +105,12 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
         # `gather_for_metrics` trims the last eval batch by samples and would drop whole processes' rows
         stats = self.accelerator.gather(stats.unsqueeze(0)).sum(0)
         for name, value in realign_metrics(stats).items():
-            self._metrics[mode][name].append(value)
+            trainer_metrics(self, mode)[name].append(value)
         if mode == "train":
             self._total_train_tokens += int(
                 self.accelerator.gather_for_metrics(self._count_input_tokens(inputs)).sum().item()
             )
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            trainer_metrics(self, mode)["num_tokens"] = [self._total_train_tokens]
         if return_outputs:
             raise ValueError(
                 "TrRaTrainer never materialises logits, so it cannot return them; use `prediction_loss_only=True`."
