@@ -119,6 +119,32 @@ def measure(variants, prompt, new_tokens, repeats):
     return {name: statistics.median(run[name] for run in runs) for name in variants}
 
 
+def build_variants(family: str, config: dict, lam: float, device="cpu", dtype=torch.float32) -> dict:
+    """Every variant's decode step, the models built on the CPU (seeded) and then moved to `device` in `dtype`."""
+    base = tiny_causal_lm(family, seed=0, **config)
+    expanded = add_layer_adapter(copy.deepcopy(base))
+    perturb(expanded.model.layers[0], 0.02, seed=1)  # a trained adapter is not the identity
+    aligned = copy.deepcopy(base)  # DeRa's aligned model: a full fine-tune of the same size
+    perturb(aligned, 0.002, seed=2)
+    base, expanded, aligned = (model.to(device, dtype) for model in (base, expanded, aligned))
+    inra = InRaForCausalLM.from_model(expanded).eval()  # shares the expanded model's weights
+    return {
+        "plain": plain_step(base),
+        "inra": inra_step(inra, lam),
+        "inra_lambda0": inra_step(inra, 0.0),
+        "inra_lambda1": inra_step(inra, 1.0),
+        "expanded": plain_step(expanded),
+        "two_model": two_model_step(base, aligned, lam),
+    }
+
+
+def same_greedy_tokens(variants: dict, vocab: int, prompt_len: int, device="cpu") -> dict:
+    """Whether InRa at λ=0 decodes what the plain model decodes, and at λ=1 what the expanded model decodes."""
+    prompt = torch.randint(4, vocab, (2, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
+    return {f"{single}_equals_{plain}": torch.equal(greedy(variants[single], prompt, 8), greedy(variants[plain], prompt, 8))
+            for single, plain in (("inra_lambda0", "plain"), ("inra_lambda1", "expanded"))}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="qwen2", choices=["qwen2", "llama"])
@@ -147,25 +173,9 @@ def main():
     if args.shape:
         args.family, config = "qwen2", SHAPES[args.shape]
         args.layers, args.hidden, args.vocab = config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]
-    base = tiny_causal_lm(args.family, seed=0, **config)
-    expanded = add_layer_adapter(copy.deepcopy(base))
-    perturb(expanded.model.layers[0], 0.02, seed=1)  # a trained adapter is not the identity
-    inra = InRaForCausalLM.from_model(expanded).eval()
-    aligned = copy.deepcopy(base)  # DeRa's aligned model: a full fine-tune of the same size
-    perturb(aligned, 0.002, seed=2)
-
-    variants = {
-        "plain": plain_step(base),
-        "inra": inra_step(inra, args.lam),
-        "inra_lambda0": inra_step(inra, 0.0),
-        "inra_lambda1": inra_step(inra, 1.0),
-        "expanded": plain_step(expanded),
-        "two_model": two_model_step(base, aligned, args.lam),
-    }
+    variants = build_variants(args.family, config, args.lam)
     # The benchmark only means something if InRa decodes what the plain models decode
-    prompt = torch.randint(4, args.vocab, (2, args.prompt_len), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(greedy(variants["inra_lambda0"], prompt, 8), greedy(variants["plain"], prompt, 8))
-    assert torch.equal(greedy(variants["inra_lambda1"], prompt, 8), greedy(variants["expanded"], prompt, 8))
+    assert all(same_greedy_tokens(variants, args.vocab, args.prompt_len).values())
 
     timed = {name: variants[name] for name in args.variants}
     result = {}

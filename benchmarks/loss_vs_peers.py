@@ -44,11 +44,12 @@ PEERS = ("trl", "liger")
 TARGET_TIME = {"two_teachers": 0.8, "one_teacher": 1.0}
 
 
-def make_inputs(tokens: int, hidden: int, vocab: int, seed: int = 0) -> dict:
+def make_inputs(tokens: int, hidden: int, vocab: int, seed: int = 0, device="cpu", dtype=torch.float32) -> dict:
     """Hidden states and heads of the student (s), the reference (a) and the aligned model (b)."""
-    g = torch.Generator().manual_seed(seed)
-    inputs = {f"h_{k}": torch.randn(tokens, hidden, generator=g) for k in "sab"}
-    inputs.update({f"w_{k}": torch.randn(vocab, hidden, generator=g) * hidden**-0.5 for k in "sab"})
+    g = torch.Generator(device).manual_seed(seed)
+    inputs = {f"h_{k}": torch.randn(tokens, hidden, generator=g, device=device).to(dtype) for k in "sab"}
+    inputs.update({f"w_{k}": (torch.randn(vocab, hidden, generator=g, device=device) * hidden**-0.5).to(dtype)
+                   for k in "sab"})
     inputs["h_s"].requires_grad_(True)
     inputs["w_s"].requires_grad_(True)
     return inputs

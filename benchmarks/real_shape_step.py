@@ -51,22 +51,27 @@ def token_dataset(rows: int, seq_len: int, vocab_size: int, seed: int = 0):
     from datasets import Dataset
 
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(8, vocab_size, (rows, seq_len), generator=g).tolist()
+    ids = torch.randint(8, vocab_size, (rows, seq_len), generator=g, device="cpu").tolist()
     mask = [0] * (seq_len // 2) + [1] * (seq_len - seq_len // 2)
     return Dataset.from_dict({"input_ids": ids, "completion_mask": [mask] * rows})
 
 
-def build_trainer(variant: str, shape: dict, output_dir: str, steps: int, seq_len: int, callbacks=()):
-    """The `variant` trainer on a fresh student of `shape` (seed 0), teachers seeds 1 and 2, `steps` steps of batch 1."""
+def build_trainer(variant: str, shape: dict, output_dir: str, steps: int, seq_len: int, callbacks=(), batch: int = 1,
+                  **overrides):
+    """
+    The `variant` trainer on a fresh student of `shape` (seed 0), teachers seeds 1 and 2, `steps` steps of `batch`
+    sequences; `overrides` replace training arguments (the defaults are fp32 on the CPU).
+    """
     from trl import SFTConfig, SFTTrainer
 
     from trl_realign import TrRaConfig, TrRaTrainer
 
     vocab = shape["vocab_size"]
-    common = dict(output_dir=output_dir, per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-5,
+    common = dict(output_dir=output_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-5,
                   use_cpu=True, bf16=False, report_to=[], save_strategy="no", logging_strategy="no",
                   disable_tqdm=True, seed=0, max_length=None)
-    kwargs = dict(model=qwen2_model(shape, seed=0), train_dataset=token_dataset(steps, seq_len, vocab),
+    common.update(overrides)
+    kwargs = dict(model=qwen2_model(shape, seed=0), train_dataset=token_dataset(steps * batch, seq_len, vocab),
                   processing_class=id_tokenizer(vocab), callbacks=list(callbacks))
     if variant == "sft":
         return SFTTrainer(args=SFTConfig(**common), **kwargs)
