@@ -88,7 +88,7 @@ def build_loss(variant: str, inputs: dict, lam: float, divergence: str = "revers
     if variant == "trl":
         from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
-        mask = torch.ones(1, n, dtype=torch.long)
+        mask = torch.ones(1, n, dtype=torch.long, device=h_s.device)
 
         def loss():
             h_t = fused_teacher_hidden(inputs, lam)
@@ -99,7 +99,7 @@ def build_loss(variant: str, inputs: dict, lam: float, divergence: str = "revers
 
         liger = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=beta,
                                         compiled=liger_compiled, chunk_size=liger_chunk_size)
-        labels = torch.zeros(n, dtype=torch.long)  # no token ignored; labels only feed the (disabled) hard loss
+        labels = torch.zeros(n, dtype=torch.long, device=h_s.device)  # no token ignored; labels only feed the (disabled) hard loss
 
         def loss():
             return liger(h_s, w_s, fused_teacher_hidden(inputs, lam), w_t, labels)
