@@ -25,16 +25,16 @@ LOW_TESTS=(
 
 skipped() { [[ " $SKIP_STAGES " == *" $1 "* ]]; }
 
-make_venv() {  # make_venv DIR CONSTRAINTS: the package and its test extra, pinned by CONSTRAINTS
-    local venv=$1 constraints=$2
+make_venv() {  # make_venv DIR CONSTRAINTS EXTRAS: the package and its EXTRAS, pinned by CONSTRAINTS
+    local venv=$1 constraints=$2 extras=$3
     if [[ -n "${REUSE_VENVS:-}" && -x "$venv/bin/python" ]]; then
-        "$venv/bin/python" -m pip install -q -c "$constraints" -e ".[test]"
+        "$venv/bin/python" -m pip install -q -c "$constraints" -e ".[$extras]"
         return
     fi
     "$PYTHON" -m venv --clear "$venv"
     # torch first, from the local CPU wheel: resolving it together with the rest could pull CUDA builds
     "$venv/bin/python" -m pip install -q -c "$constraints" torch
-    "$venv/bin/python" -m pip install -q -c "$constraints" -e ".[test]"
+    "$venv/bin/python" -m pip install -q -c "$constraints" -e ".[$extras]"
 }
 
 run_pytest() {  # pytest exits 5 when it collected nothing: a stage that tested nothing fails, and says why
@@ -50,7 +50,7 @@ stage_done() { echo "== stage $1: passed in $(( (SECONDS - $2) / 60 )) min $(( (
 
 if ! skipped main; then
     start=$SECONDS
-    make_venv "$MAIN_VENV" constraints.txt
+    make_venv "$MAIN_VENV" constraints.txt test,bench
     if [[ $# -gt 0 ]]; then
         run_pytest "$MAIN_VENV/bin/python" -m pytest -n 2 "$@"
     else
@@ -61,7 +61,7 @@ fi
 
 if ! skipped low; then
     start=$SECONDS
-    make_venv "$LOW_VENV" constraints-low.txt
+    make_venv "$LOW_VENV" constraints-low.txt test
     "$LOW_VENV/bin/python" -m pip list 2>/dev/null | grep -iE '^(transformers|trl|peft|accelerate|datasets|deepspeed) '
     run_pytest "$LOW_VENV/bin/python" -m pytest -n 2 "${LOW_TESTS[@]}"
     stage_done low $start
