@@ -5,6 +5,8 @@ from .layer_adapter_sft_config import LayerAdapterSFTConfig
 from .layer_adapter_sft_trainer import LayerAdapterSFTTrainer
 from .layer_adapter_trra_config import LayerAdapterTrRaConfig
 from .layer_adapter_trra_trainer import LayerAdapterTrRaTrainer
+from .onpolicy_trra_config import OnPolicyTrRaConfig
+from .onpolicy_trra_trainer import OnPolicyTrRaTrainer
 from .trra_config import TrRaConfig
 from .trra_iter import train_trra_iterations
 from .trra_trainer import TrRaTrainer
@@ -18,6 +20,8 @@ __all__ = [
     "LayerAdapterSFTTrainer",
     "LayerAdapterTrRaConfig",
     "LayerAdapterTrRaTrainer",
+    "OnPolicyTrRaConfig",
+    "OnPolicyTrRaTrainer",
     "TrRaConfig",
     "TrRaTrainer",
     "train_trra_iterations",
