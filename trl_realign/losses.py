@@ -74,37 +74,59 @@ def realign_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, reali
 # ---------------------------------------------------------------------------------------------------- per-chunk math
 
 
-def _token_divergence(log_ps, log_pt, beta: float, ps=None, pt=None):
-    """Per-token divergence, and the per-token term the student's gradient needs (see `_logit_grad`)."""
-    ps = log_ps.exp() if ps is None else ps
-    if beta == 1.0:
-        kl = (ps * (log_ps - log_pt)).sum(-1)
-        return kl, kl
-    pt = log_pt.exp() if pt is None else pt
-    if beta == 0.0:
-        return (pt * (log_pt - log_ps)).sum(-1), None
-    log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
-    kl_student = (ps * (log_ps - log_m)).sum(-1)
-    kl_teacher = (pt * (log_pt - log_m)).sum(-1)
-    return beta * kl_teacher + (1 - beta) * kl_student, kl_student
+def _log_mixture(log_ps, log_pt, beta: float) -> torch.Tensor:
+    """log m, m = (1−β) p_s + β p_t: the mixture of the generalised JSD."""
+    return torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
 
 
-def _logit_grad(log_ps, log_pt, aux, beta: float, inv_t: float, ps=None) -> torch.Tensor:
+def _residual(log_ps, log_pt, beta: float, consume: bool = False) -> torch.Tensor:
     """
-    d divergence / d student logits (before temperature), for one tile of the vocabulary.
+    r = log p_s − log q, with q = p_t for reverse KL (β=1) and q = m for the generalised JSD (0<β<1). With `consume`,
+    log_pt's buffer may be overwritten (one `[chunk, vocab]` buffer fewer).
+    """
+    if beta == 1.0:
+        return log_pt.neg_().add_(log_ps) if consume else log_ps - log_pt
+    return _log_mixture(log_ps, log_pt, beta).neg_().add_(log_ps)
+
+
+def _token_terms(log_ps, log_pt, ps, pt, beta: float, consume: bool = False):
+    """
+    Per-token divergence D of one vocabulary tile, and what the student's gradient needs (see `_logit_grad`):
+
+    reverse KL (β=1): r = log p_s − log p_t, aux = ⟨p_s, r⟩ = D;
+    generalised JSD: r = log p_s − log m, aux = ⟨p_s, r⟩ = KL(p_s ‖ m), D = (1−β) aux + β KL(p_t ‖ m);
+    forward KL (β=0): D = ⟨p_t, log p_t − log p_s⟩, no aux or r.
+
+    Over several tiles D and aux are sums of the tiles' values. Returns `(D, aux, r)`.
+    """
+    if beta == 0.0:
+        diff = log_pt.sub_(log_ps) if consume else log_pt - log_ps
+        return _vecdot(pt, diff), None, None
+    if beta == 1.0:
+        r = _residual(log_ps, log_pt, beta, consume)
+        div = _vecdot(ps, r)
+        return div, div, r
+    log_m = _log_mixture(log_ps, log_pt, beta)
+    kl_teacher = _vecdot(pt, log_pt - log_m)
+    r = log_m.neg_().add_(log_ps)
+    aux = _vecdot(ps, r)
+    return (1 - beta) * aux + beta * kl_teacher, aux, r
+
+
+def _logit_grad(r, aux, ps, pt, beta: float, inv_t: float) -> torch.Tensor:
+    """
+    d divergence / d student logits (before temperature) of one tile, from `_token_terms`' r and the whole-vocabulary
+    aux. Overwrites r (or ps, for forward KL).
 
     With g = ∂D/∂p_s, the softmax gives ∂D/∂z = p_s ⊙ (g − ⟨p_s, g⟩) / T:
-    reverse KL: p_s ⊙ (log p_s − log p_t − KL); forward KL: p_s − p_t; generalised JSD with m = (1−β)p_s + βp_t:
-    (1−β) p_s ⊙ (log p_s − log m − KL(p_s ‖ m)).
+    reverse KL: p_s ⊙ (r − aux); forward KL: p_s − p_t; generalised JSD: (1−β) p_s ⊙ (r − aux).
     """
-    ps = log_ps.exp() if ps is None else ps
-    if beta == 1.0:
-        grad = (log_ps - log_pt).sub_(aux.unsqueeze(-1)).mul_(ps)
-    elif beta == 0.0:
-        grad = ps - log_pt.exp()
+    if beta == 0.0:
+        grad = ps.sub_(pt)
     else:
-        log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
-        grad = (log_ps - log_m).sub_(aux.unsqueeze(-1)).mul_(ps).mul_(1 - beta)
+        grad = r.sub_(aux.unsqueeze(-1)).mul_(ps)
+        if beta != 1.0:
+            grad.mul_(1 - beta)
     return grad.mul_(inv_t) if inv_t != 1.0 else grad
 
 
@@ -199,19 +221,9 @@ def _single_tile_chunk(h_s, w_s, b_s, teachers, vocab_size, beta, inv_t, want_gr
     pt = log_pt.exp()
     ent_t = -_vecdot(pt, log_pt)
     if beta == 1.0:
-        del pt
-        diff = log_pt.neg_().add_(log_ps)  # log p_s − log p_t, in log_pt's buffer
-        div = _vecdot(ps, diff)
-        dz = diff.sub_(div.unsqueeze(-1)).mul_(ps) if want_grad else None
-    elif beta == 0.0:
-        diff = log_pt.sub_(log_ps)  # log p_t − log p_s
-        div = _vecdot(pt, diff)
-        dz = ps.sub_(pt) if want_grad else None
-    else:
-        div, aux = _token_divergence(log_ps, log_pt, beta, ps, pt)
-        dz = _logit_grad(log_ps, log_pt, aux, beta, 1.0, ps=ps) if want_grad else None
-    if dz is not None and inv_t != 1.0:
-        dz.mul_(inv_t)
+        pt = None  # reverse KL needs no p_t: free its buffer before the residual takes one
+    div, aux, r = _token_terms(log_ps, log_pt, ps, pt, beta, consume=True)
+    dz = _logit_grad(r, aux, ps, pt, beta, inv_t) if want_grad else None
     return div, ent_s, ent_t, dz
 
 
@@ -269,17 +281,20 @@ class _StreamedRealignDivergence(torch.autograd.Function):
                 div, aux, ent_s, ent_t = 0.0, None, 0.0, 0.0
                 for _, _, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
                     ps, pt = log_ps.exp(), log_pt.exp()
-                    d, a = _token_divergence(log_ps, log_pt, beta, ps, pt)
+                    ent_s = ent_s - _vecdot(ps, log_ps)
+                    ent_t = ent_t - _vecdot(pt, log_pt)
+                    d, a, _ = _token_terms(log_ps, log_pt, ps, pt, beta, consume=True)
                     div = div + d
                     aux = a if aux is None else (aux if a is None else aux + a)
-                    ent_s = ent_s - (ps * log_ps).sum(-1)
-                    ent_t = ent_t - (pt * log_pt).sum(-1)
                 divergence[rows], student_entropy[rows], teacher_entropy[rows] = div, ent_s, ent_t
 
                 if any(needs_grad):
                     # Pass 3: the student's gradients, while the chunk's hidden states and head are at hand
                     for tile_start, tile_end, log_ps, log_pt in tiles.log_probs(lse_s, lse_t):
-                        add_gradients(_logit_grad(log_ps, log_pt, aux, beta, inv_t), rows, h_s, tile_start, tile_end)
+                        ps = log_ps.exp()
+                        pt = log_pt.exp() if beta == 0.0 else None
+                        r = None if beta == 0.0 else _residual(log_ps, log_pt, beta, consume=True)
+                        add_gradients(_logit_grad(r, aux, ps, pt, beta, inv_t), rows, h_s, tile_start, tile_end)
 
         ctx.grads = (
             None if grad_h is None else grad_h.to(student_hidden.dtype),
@@ -397,4 +412,4 @@ def naive_realign_divergence(
     beta = divergence_beta(divergence, beta)
     log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return _token_divergence(log_ps, log_pt, beta)[0]
+    return _token_terms(log_ps, log_pt, log_ps.exp(), log_pt.exp(), beta)[0]
