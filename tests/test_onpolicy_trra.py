@@ -79,16 +79,17 @@ def naive_loss(student, ref, aligned, inputs, lam, beta, temperature, vocab):
     prompt_length = inputs["prompt_ids"].shape[1]
     positions = slice(prompt_length - 1, input_ids.shape[1] - 1)  # position t predicts token t+1
 
-    def logits(model):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, positions, :vocab]
+    mask = inputs["completion_mask"].bool()  # 0 after each completion's first EOS
+
+    def logits(model):  # [scored tokens, vocab]
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, positions, :vocab][mask]
 
     with torch.no_grad():
         teacher = realign_logits(logits(ref), logits(aligned), lam)
     divergence = {1.0: "reverse_kl", 0.0: "forward_kl"}.get(beta, "jsd")
     per_token = naive_realign_divergence(logits(student), teacher, divergence=divergence, beta=beta,
                                          temperature=temperature)  # fmt: skip
-    mask = inputs["completion_mask"].bool()
-    return per_token[mask].sum() / mask.sum()
+    return per_token.sum() / mask.sum()
 
 
 @pytest.mark.parametrize(

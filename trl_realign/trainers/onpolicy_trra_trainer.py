@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import copy
-import logging
-
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers import PreTrainedModel
 from trl import DistillationTrainer
 from trl.data_utils import is_conversational
-from trl.models import prepare_deepspeed
 
-from ..losses import TeacherHead, streamed_realign_divergence
-from ..modeling.checks import check_linear_output_head, check_tokenizer_of, check_vocab_rows
-from ..modeling.model_parts import is_peft_model, unwrap_peft
 from .onpolicy_trra_config import OnPolicyTrRaConfig
 from .paper import REALIGN_PAPER
+from .realign_teachers import (
+    STAT_NAMES,
+    RealignLossOptions,
+    RealignTeachersMixin,
+    realign_loss,
+    realign_metrics,
+    resolve_teacher_sources,
+)
 
 
-logger = logging.getLogger(__name__)
-
-
-class OnPolicyTrRaTrainer(DistillationTrainer):
+class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
     r"""
     Trainer for on-policy training-time realignment.
 
@@ -91,30 +88,8 @@ class OnPolicyTrRaTrainer(DistillationTrainer):
                     f"column, which the training dataset lacks (it has {columns}). Add the column or set `lmbda=1`."
                 )
 
-        aligned_model = aligned_model if aligned_model is not None else args.aligned_model_name_or_path
-        if aligned_model is None:
-            raise ValueError(
-                "On-policy TrRa needs an aligned model B: pass `aligned_model=` to the trainer or set "
-                "`OnPolicyTrRaConfig.aligned_model_name_or_path`."
-            )
-        ref_model = ref_model if ref_model is not None else args.ref_model_name_or_path
-        peft_student = peft_config is not None or is_peft_model(model)
-        # The copy must be taken before PEFT wraps the student
-        if ref_model is None and not peft_student:
-            if isinstance(model, str):
-                ref_model = model
-            elif is_deepspeed_zero3_enabled():
-                if not model.config._name_or_path:
-                    raise ValueError(
-                        "Under DeepSpeed ZeRO-3 the reference model cannot be copied from an in-memory student "
-                        "(its weights are already sharded). Pass the student as a path, or pass `ref_model=`."
-                    )
-                ref_model = model.config._name_or_path
-            else:
-                ref_model = copy.deepcopy(model)
-        elif ref_model is not None and peft_student:
-            logger.info("A PEFT student was given together with `ref_model`: the given reference is used.")
-
+        # Before the student is wrapped: A defaults to a copy of its starting weights
+        ref_model, aligned_model = resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config)
         super().__init__(
             model,
             teacher_model=None,  # two teachers, loaded and prepared below
@@ -128,54 +103,20 @@ class OnPolicyTrRaTrainer(DistillationTrainer):
             tools=tools,
         )
 
-        if not any(p.requires_grad for p in self.model.parameters()):
-            raise ValueError(
-                "The student has no trainable parameters (was it frozen, e.g. by being passed as a teacher before?). "
-                "Pass a model whose parameters require gradients, e.g. `copy.deepcopy(model).requires_grad_(True)`."
-            )
-        self.realign_lambda = args.realign_lambda
         self.lmbda = args.lmbda
         # Only the rows the tokenizer can produce are scored, so heads padded to different sizes (Qwen) mix
-        self.vocab_size = len(self._tokenizer)
-
-        aligned_model = self._load_teacher(aligned_model, "aligned model")
-        ref_model = self._load_teacher(ref_model, "reference model") if ref_model is not None else None
-        probe = not is_deepspeed_zero3_enabled()
-        student = unwrap_peft(self.model)
-        check_linear_output_head(student, "student", probe=probe)
-        check_vocab_rows(student, self.vocab_size, "student")
-        for role, teacher in (("aligned model", aligned_model), ("reference model", ref_model)):
-            if teacher is None:
-                continue
-            check_linear_output_head(teacher, role, probe=probe)
-            check_vocab_rows(teacher, self.vocab_size, role)
-            check_tokenizer_of(teacher, self._tokenizer, role)
-        self.aligned_model = self._prepare_teacher(aligned_model)
-        self.ref_model = self._prepare_teacher(ref_model) if ref_model is not None else None
+        vocab_size = len(self._tokenizer)
+        self._setup_realign_teachers(ref_model, aligned_model, vocab_size)
+        self._realign_loss_options = RealignLossOptions(
+            realign_lambda=args.realign_lambda,
+            vocab_size=vocab_size,
+            divergence="jsd",  # with TRL's `beta`: 1 is reverse KL, 0 forward KL, the generalised JSD in between
+            beta=args.beta,
+            temperature=args.temperature,
+            token_chunk_size=args.loss_token_chunk_size,
+            vocab_chunk_size=args.loss_vocab_chunk_size,
+        )
         self._dataset_completions = None
-
-    # ------------------------------------------------------------------ teachers
-
-    def _load_teacher(self, model: str | PreTrainedModel, role: str) -> PreTrainedModel:
-        if isinstance(model, str):
-            init_kwargs = dict(self.args.teacher_model_init_kwargs or self.args.model_init_kwargs or {})
-            init_kwargs.setdefault("dtype", "auto")
-            if self.args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
-                init_kwargs["device_map"] = None  # as TRL: distributed training cannot use device_map="auto"
-            logger.info("Loading the %s from %s", role, model)
-            model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
-        elif is_peft_model(model):
-            raise ValueError(
-                f"The {role} is a PEFT model; merge its adapter first (`model.merge_and_unload()`) and pass the result."
-            )
-        model.requires_grad_(False)
-        return model.eval()
-
-    def _prepare_teacher(self, model: PreTrainedModel):
-        # As TRL prepares its teacher: ZeRO-3 keeps it sharded, other setups get an evaluation-mode wrapper
-        if self.is_deepspeed_enabled:
-            return prepare_deepspeed(model, self.accelerator)
-        return self.accelerator.prepare_model(model, evaluation_mode=True)
 
     # ------------------------------------------------------------------ GKD's mixing: dataset completions
 
@@ -230,66 +171,26 @@ class OnPolicyTrRaTrainer(DistillationTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # Collectives after the wrapped forward has returned (see TRL's compute_loss)
-        stats = self.accelerator.gather(self._loss_stats.unsqueeze(0)).sum(0)
-        num_tokens, divergence, teacher_entropy = stats.tolist()
+        # Collectives after the wrapped forward has returned, as in TRL's compute_loss
+        metrics = realign_metrics(self.accelerator.gather(self._loss_stats.unsqueeze(0)).sum(0))
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["divergence"].append(divergence / max(num_tokens, 1.0))
-        self._metrics[mode]["teacher_entropy"].append(teacher_entropy / max(num_tokens, 1.0))
+        for name in ("divergence", "teacher_entropy"):  # TRL logs the student's entropy and completion lengths
+            self._metrics[mode][name].append(metrics[name])
         return output
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
-        # Same inputs, masks and normalisation as TRL's chunked loss; only the teacher differs
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        # TRL's layout: left-padded prompts, then completions right-padded after their first EOS
         loss_mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
-            loss_mask = loss_mask * inputs["tool_mask"]
-        mask = loss_mask.bool()
-        backbone_args = (input_ids, attention_mask, inputs["completion_ids"].size(1))
-
-        student_hidden = self._get_last_hidden_state(unwrapped_student, *backbone_args)[mask]
-        lam = self.realign_lambda
-        teachers = []
-        with torch.no_grad():
-            # A head whose coefficient is 0 contributes nothing to the fused logits: skip its forward (λ = 0 or 1)
-            if lam != 0.0:
-                teachers.append(self._teacher_head(self.aligned_model, backbone_args, mask, lam))
-            if lam != 1.0:
-                if self.ref_model is not None:
-                    teachers.append(self._teacher_head(self.ref_model, backbone_args, mask, 1.0 - lam))
-                else:
-                    # PEFT student: the reference is the same network with its adapter switched off
-                    with unwrapped_student.disable_adapter():
-                        hidden = self._get_last_hidden_state(unwrapped_student, *backbone_args)[mask]
-                    head = unwrapped_student.get_output_embeddings()
-                    teachers.append(TeacherHead(hidden, head.weight, head.bias, 1.0 - lam))
-
-        head = unwrapped_student.get_output_embeddings()
-        out = streamed_realign_divergence(
-            student_hidden,
-            head.weight,
-            head.bias,
-            teachers,
-            vocab_size=self.vocab_size,
-            divergence="jsd",  # with TRL's `beta`: 1 is reverse KL, 0 forward KL
-            beta=self.beta,
-            temperature=self.temperature,
-            token_chunk_size=self.args.loss_token_chunk_size,
-            vocab_chunk_size=self.args.loss_vocab_chunk_size,
+            loss_mask = loss_mask * inputs["tool_mask"]  # tool outputs are not the student's tokens
+        batch = {
+            "input_ids": torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1),
+            "attention_mask": torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+            "completion_mask": loss_mask,
+        }
+        loss, stats = realign_loss(
+            unwrapped_student, self._realign_teachers(), batch, num_items_in_batch, self._realign_loss_options
         )
-        num_tokens = mask.sum()
-        denominator = num_tokens.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        loss = out.loss / torch.as_tensor(denominator, device=out.loss.device)
-        self._loss_stats = torch.stack(
-            [num_tokens.float(), out.divergence.sum(), out.teacher_entropy.sum()]
-        ).to(loss.device)
-        return loss, out.student_entropy.sum(), num_tokens
-
-    def _teacher_head(self, teacher, backbone_args, mask, coef: float) -> TeacherHead:
-        unwrapped = self.accelerator.unwrap_model(teacher)
-        # Through the teacher's own wrapper, so ZeRO-3 gathers its sharded layers for the forward
-        hidden = self._forward_redirection(teacher, unwrapped, self._get_last_hidden_state, unwrapped, *backbone_args)
-        hidden = hidden[mask]
-        head = unwrapped.get_output_embeddings()
-        return TeacherHead(hidden, head.weight, head.bias, coef)
+        self._loss_stats = stats
+        # What TRL's compute_loss logs: the student's entropy and the number of scored tokens
+        return loss, stats[STAT_NAMES.index("student_entropy")], stats[STAT_NAMES.index("num_tokens")]
