@@ -342,3 +342,52 @@ def test_soft_capped_teacher_is_rejected(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="post-processes its logits"):
         OnPolicyTrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=make_args(tmp_path),
                             train_dataset=prompt_dataset(), processing_class=tokenizer)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------- CLI
+RECIPE = Path(__file__).parent.parent / "recipes" / "onpolicy" / "r1_distill_qwen_1.5b_lambda2.yaml"
+
+
+def test_recipe_has_the_paper_settings_and_names_the_generation():
+    from trl_realign.cli.onpolicy_trra import make_parser
+    from trl_realign.cli.parsing import parse_command_line
+
+    script, args, model, prep = parse_command_line(make_parser(), "onpolicy", ["--config", str(RECIPE), "--use_cpu", "true"]).args
+    assert model.model_name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert args.aligned_model_name_or_path == "agentica-org/DeepScaleR-1.5B-Preview"
+    assert (args.realign_lambda, args.beta, args.lmbda) == (2.0, 1.0, 1.0)
+    assert (args.max_steps, args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (200, 2e-5, "cosine", 0.1)
+    assert 8 * args.per_device_train_batch_size * args.gradient_accumulation_steps == 16
+    assert (args.max_completion_length, args.temperature, args.top_p, args.top_k) == (8192, 1.0, 1.0, 0)
+    assert args.use_vllm and args.vllm_mode == "colocate"
+    assert prep.dataset_preparation == "openr1_math"
+
+
+def test_onpolicy_command_trains_and_saves(tmp_path, tokenizer):
+    from safetensors.torch import load_file
+
+    from trl_realign.cli.main import main
+
+    a, b = models(tokenizer)
+    for name, model in (("A", a), ("B", b)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    main(["onpolicy", "--model_name_or_path", str(tmp_path / "A"), "--aligned_model_name_or_path", str(tmp_path / "B"),
+          "--dataset_name", str(tmp_path / "data.jsonl"), "--realign_lambda", "2", "--max_completion_length", "8",
+          "--max_steps", "1", "--per_device_train_batch_size", "4", "--learning_rate", "0.01", "--use_cpu", "true",
+          "--bf16", "false", "--dtype", "float32", "--report_to", "none", "--save_strategy", "no",
+          "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    trained, initial = load_file(tmp_path / "out" / "model.safetensors"), load_file(tmp_path / "A" / "model.safetensors")
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_onpolicy_command_needs_the_aligned_model(tmp_path):
+    from trl_realign.cli.main import main
+
+    (tmp_path / "data.jsonl").write_text('{"prompt": "1+1="}\n')
+    with pytest.raises(ValueError, match="aligned_model_name_or_path"):
+        main(["onpolicy", "--model_name_or_path", "org/model", "--dataset_name", str(tmp_path / "data.jsonl"),
+              "--use_cpu", "true", "--output_dir", str(tmp_path / "out")])  # fmt: skip
