@@ -4,6 +4,9 @@ A tiny random Qwen2 model stands in for the base model, so the numbers mean noth
 "Qwen/Qwen2.5-7B-Instruct" and a real dataset. The trainer inserts one identity-initialised copy of the bottom
 decoder layer before the original layers and trains only that copy: the original layers stay bit-for-bit unchanged,
 and the saved checkpoint (L+1 layers plus a `layer_adapter` marker in config.json) loads with plain transformers.
+With `adapter_lora=True` the LoRA update is merged into the adapter layer before saving, so the output is the same kind
+of plain checkpoint. `save_adapter` writes the adapter layer alone, which `InRaForCausalLM.from_base_and_adapter` puts
+back on the base model.
 
     python examples/layer_adapter_sft.py
 """
@@ -13,7 +16,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from trl_realign.data import build_char_tokenizer
-from trl_realign.modeling import bypass_layer_adapter
+from trl_realign.modeling import InRaForCausalLM, bypass_layer_adapter
 from trl_realign.testing import tiny_causal_lm
 from trl_realign.trainers.layer_adapter_sft_config import LayerAdapterSFTConfig
 from trl_realign.trainers.layer_adapter_sft_trainer import LayerAdapterSFTTrainer
@@ -21,6 +24,7 @@ from trl_realign.trainers.layer_adapter_sft_trainer import LayerAdapterSFTTraine
 
 tokenizer = build_char_tokenizer()
 base = tiny_causal_lm("qwen2", vocab_size=len(tokenizer))
+base_copy = tiny_causal_lm("qwen2", vocab_size=len(tokenizer))  # the same seeded weights: the base for the artifact
 train_dataset = Dataset.from_list(
     [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(10) for b in range(10)]
 )
@@ -41,6 +45,7 @@ args = LayerAdapterSFTConfig(
 trainer = LayerAdapterSFTTrainer(base, args=args, train_dataset=train_dataset, processing_class=tokenizer)
 trainer.train()
 trainer.save_model(args.output_dir)
+trainer.save_adapter(f"{args.output_dir}/layer_adapter")
 
 model = AutoModelForCausalLM.from_pretrained(args.output_dir)  # plain transformers: L+1 layers
 prompt = tokenizer("7+5=", return_tensors="pt")
@@ -50,3 +55,7 @@ with torch.no_grad():
         original = model(**prompt).logits[0, -1]
 print(f"{model.config.num_hidden_layers} layers, marker {model.config.layer_adapter}")
 print(f"next-token logits moved by the adapter: max |Δ| = {(adapted - original).abs().max():.4f}")
+rebuilt = InRaForCausalLM.from_base_and_adapter(base_copy, f"{args.output_dir}/layer_adapter")
+with torch.no_grad():
+    same = torch.equal(rebuilt(**prompt).logits[0, -1], adapted)
+print(f"base + adapter-only artifact gives the trained model's logits: {same}")

@@ -372,3 +372,60 @@ def test_bad_input_is_refused():
         inra.generate(input_ids, max_new_tokens=2, cache_implementation="static")
     with pytest.raises(FileNotFoundError, match=ADAPTER_CONFIG_NAME):
         InRaForCausalLM.from_base_and_adapter(base, os.path.dirname(__file__))
+
+
+def test_adapter_artifact_is_typed_versioned_and_loads_from_the_hub_route(tmp_path, monkeypatch):
+    from trl_realign.modeling import adapter_artifact
+    from trl_realign.modeling.adapter_artifact import FORMAT_VERSION, LayerAdapterArtifact
+
+    base, expanded, inra = build("llama", num_adapters=2)
+    input_ids, attention_mask = left_padded()
+    with torch.no_grad():
+        expected = inra(input_ids, attention_mask=attention_mask, realign_lambda=0.5).logits
+    inra.save_adapter(tmp_path / "adapter")
+    written = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG_NAME).read_text())
+    assert written["format_version"] == FORMAT_VERSION == 1
+
+    artifact = LayerAdapterArtifact.load(tmp_path / "adapter")
+    assert isinstance(artifact, LayerAdapterArtifact)
+    assert (artifact.num_adapters, artifact.base_num_hidden_layers, artifact.model_type) == (2, 3, "llama")
+    assert (artifact.hidden_size, artifact.vocab_size, artifact.format_version) == (base.config.hidden_size, VOCAB, 1)
+    state = expanded.state_dict()
+    assert set(artifact.weights) == {k for k in state if k.startswith(("model.layers.0.", "model.layers.1."))}
+    assert all(torch.equal(v, state[k]) for k, v in artifact.weights.items())
+    assert LayerAdapterArtifact.from_model(expanded) == artifact  # the same fields (weights compared above)
+
+    # A name that is not a local folder is a hub id: downloaded with huggingface_hub, then read the same way
+    calls = []
+    inra.save_pretrained(tmp_path / "full")  # the artifact in its `layer_adapter/` subfolder
+    repos = {"someone/tiny-adapter": tmp_path / "adapter", "someone/tiny-inra": tmp_path / "full"}
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(repos[repo_id])
+
+    monkeypatch.setattr(adapter_artifact, "snapshot_download", fake_snapshot_download)
+    rebuilt = InRaForCausalLM.from_base_and_adapter(copy.deepcopy(base), "someone/tiny-adapter", realign_lambda=0.5)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(input_ids, attention_mask=attention_mask).logits, expected)
+    assert [repo_id for repo_id, _ in calls] == ["someone/tiny-adapter"]
+    assert set(calls[0][1]["allow_patterns"]) == {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME}
+    assert LayerAdapterArtifact.load("someone/tiny-inra", revision="v1", subfolder="layer_adapter") == artifact
+    assert calls[-1][1]["revision"] == "v1"
+    assert set(calls[-1][1]["allow_patterns"]) == {f"layer_adapter/{ADAPTER_CONFIG_NAME}",
+                                                    f"layer_adapter/{ADAPTER_WEIGHTS_NAME}"}
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        LayerAdapterArtifact.load(str(tmp_path / "no-such-folder"))
+    assert len(calls) == 2  # a missing local path is not sent to the hub
+
+    # Artifacts from before versioning hold version 1's fields; unknown versions and fields are refused
+    legacy = dict(written)
+    del legacy["format_version"]
+    (tmp_path / "adapter" / ADAPTER_CONFIG_NAME).write_text(json.dumps(legacy))
+    assert LayerAdapterArtifact.load(tmp_path / "adapter").format_version == 1
+    (tmp_path / "adapter" / ADAPTER_CONFIG_NAME).write_text(json.dumps({**written, "format_version": 2}))
+    with pytest.raises(ValueError, match="format_version 2.*reads version 1"):
+        LayerAdapterArtifact.load(tmp_path / "adapter")
+    (tmp_path / "adapter" / ADAPTER_CONFIG_NAME).write_text(json.dumps({**written, "rank": 4}))
+    with pytest.raises(ValueError, match="unknown field.*rank"):
+        InRaForCausalLM.from_base_and_adapter(copy.deepcopy(base), tmp_path / "adapter")

@@ -260,3 +260,25 @@ def test_mark_layer_adapter_on_a_plain_expanded_checkpoint():
         mark_layer_adapter(model.config, 3)
     with pytest.raises(ValueError, match="Malformed"):
         get_layer_adapter_config({"layer_adapter": {"num_adapters": "1"}})
+
+
+def test_expand_command_kaiming_init_follows_its_seed(tmp_path, tokenizer, capsys):
+    from safetensors.torch import load_file
+
+    from trl_realign.cli.main import main
+
+    base_dir = tmp_path / "base"
+    tiny_causal_lm("qwen2", vocab_size=len(tokenizer)).save_pretrained(base_dir)
+
+    def expand(name, *seed):
+        torch.manual_seed(len(name))  # what ran before must not decide the init: only `--seed` does
+        main(["expand", "--model_name_or_path", str(base_dir), "--output_dir", str(tmp_path / name), "--init",
+              "kaiming", *seed])  # fmt: skip
+        return {k: v for k, v in load_file(tmp_path / name / "model.safetensors").items() if ".layers.0." in k}
+
+    first, again, other = expand("a", "--seed", "3"), expand("bb", "--seed", "3"), expand("ccc", "--seed", "4")
+    assert first.keys() == again.keys() and all(torch.equal(again[k], v) for k, v in first.items())
+    assert any(not torch.equal(other[k], v) for k, v in first.items())
+    default, default_again = expand("dddd"), expand("eeeee")
+    assert all(torch.equal(default_again[k], v) for k, v in default.items())
+    assert "Expanded checkpoint written to" in capsys.readouterr().out

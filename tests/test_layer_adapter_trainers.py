@@ -266,3 +266,161 @@ def test_inra_after_adapter_training_keeps_both_endpoints(tmp_path, tokenizer):
     torch.testing.assert_close(at[0.0][mask], base_logits[mask], atol=1e-6, rtol=0)
     torch.testing.assert_close(at[1.0][mask], trained_logits[mask], atol=1e-6, rtol=0)
     torch.testing.assert_close(at[0.5][mask], (0.5 * trained_logits + 0.5 * base_logits)[mask], atol=1e-5, rtol=0)
+
+
+def adapter_trainer(kind, model, tmp_path, tokenizer, **overrides):
+    """A LayerAdapter{SFT,DPO,TrRa}Trainer on `model` with the tiny-training arguments and `overrides`."""
+    if kind == "sft":
+        args = LayerAdapterSFTConfig(**common(tmp_path, **overrides))
+        return LayerAdapterSFTTrainer(model, args=args, train_dataset=sft_dataset(), processing_class=tokenizer)
+    if kind == "dpo":
+        args = LayerAdapterDPOConfig(**common(tmp_path, **overrides))
+        return LayerAdapterDPOTrainer(model, args=args, train_dataset=dpo_dataset(), processing_class=tokenizer)
+    args = LayerAdapterTrRaConfig(**common(tmp_path, realign_lambda=0.5, **overrides))
+    return LayerAdapterTrRaTrainer(model, aligned_model=base_model(tokenizer, seed=1), args=args,
+                                   train_dataset=sft_dataset(), processing_class=tokenizer)
+
+
+def batch_logits(model, tokenizer):
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model.eval()(**batch).logits[batch["attention_mask"].bool()]
+
+
+@pytest.mark.parametrize("kind,lora", [("sft", True), ("dpo", True), ("trra", False)])
+def test_saved_model_and_adapter_reload_as_the_trained_model(tmp_path, tokenizer, kind, lora):
+    from trl_realign import InRaForCausalLM
+
+    base = base_model(tokenizer)
+    trainer = adapter_trainer(kind, copy.deepcopy(base), tmp_path, tokenizer, adapter_lora=lora, adapter_lora_r=4)
+    trainer.train()
+    trained = batch_logits(trainer.model, tokenizer)
+    assert (trained - batch_logits(base, tokenizer)).abs().max() > 1e-3  # the adapter learned something
+
+    trainer.save_model(str(tmp_path / "saved"))
+    # A plain L+1 checkpoint (LoRA merged into the adapter layer), not PEFT's files naming the unexpanded base
+    assert not (tmp_path / "saved" / "adapter_config.json").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "saved"))
+    assert num_layer_adapters(loaded.config) == 1
+    assert loaded.config.num_hidden_layers == base.config.num_hidden_layers + 1
+    assert not [name for name in loaded.state_dict() if "lora" in name or "base_layer" in name]
+    assert_base_unchanged(loaded, base, 1)
+    torch.testing.assert_close(batch_logits(loaded, tokenizer), trained, rtol=0, atol=1e-5)
+    inra = InRaForCausalLM.from_pretrained(str(tmp_path / "saved"))
+    torch.testing.assert_close(batch_logits(inra, tokenizer), trained, rtol=0, atol=1e-5)
+    if lora:  # saving merged a copy: the trainer's model still trains LoRA on an unmerged adapter
+        assert [name for name, p in trainer.model.named_parameters() if p.requires_grad and "lora_" in name]
+        torch.testing.assert_close(batch_logits(trainer.model, tokenizer), trained, rtol=0, atol=0)
+
+    trainer.save_adapter(str(tmp_path / "adapter"))
+    rebuilt = InRaForCausalLM.from_base_and_adapter(copy.deepcopy(base), str(tmp_path / "adapter"))
+    torch.testing.assert_close(batch_logits(rebuilt, tokenizer), trained, rtol=0, atol=1e-5)
+
+
+def adapter_init(trainer):
+    """Every tensor of the adapter layer (its own weights and any LoRA matrices on it), cloned."""
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if ".layers.0." in name}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_kaiming_adapter_and_lora_init_follow_the_seed(tmp_path, tokenizer, lora):
+    base = base_model(tokenizer)
+    inits = []
+    for rng_state, seed in ((1, 0), (2, 0), (3, 1)):
+        torch.manual_seed(rng_state)  # whatever ran before must not decide the init: only `seed` does
+        trainer = adapter_trainer("sft", copy.deepcopy(base), tmp_path, tokenizer, seed=seed, adapter_init="kaiming",
+                                  adapter_lora=lora, adapter_lora_r=4)
+        inits.append(adapter_init(trainer))
+    same, other = inits[0], inits[2]
+    assert inits[1].keys() == same.keys() and all(torch.equal(inits[1][k], v) for k, v in same.items())
+    assert all(not torch.equal(other[k], v) for k, v in same.items() if "lora_B" not in k and "norm" not in k)
+    if lora:
+        assert any("lora_A" in k for k in same)
+
+
+def test_resumed_kaiming_lora_run_ends_as_the_uninterrupted_run(tmp_path, tokenizer):
+    # PEFT checkpoints hold only the LoRA matrices: the frozen kaiming weights under them must be re-created exactly
+    base = base_model(tokenizer)
+    options = dict(adapter_init="kaiming", adapter_lora=True, adapter_lora_r=4, max_steps=4)
+    full = adapter_trainer("sft", copy.deepcopy(base), tmp_path / "full", tokenizer, save_strategy="steps",
+                           save_steps=2, **options)
+    full.train()
+    torch.manual_seed(7)
+    resumed = adapter_trainer("sft", copy.deepcopy(base), tmp_path / "resumed", tokenizer, **options)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "out" / "checkpoint-2"))
+    expected, state = full.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == state.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_all_linear_lora_targets_and_the_users_config_is_left_alone(tmp_path, tokenizer):
+    linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+    def lora_targets(trainer):
+        names = [n for n, p in trainer.model.named_parameters() if "lora_A" in n]
+        assert names and all(".layers.0." in n for n in names)
+        return {n.split(".lora_A")[0].split(".")[-1] for n in names}
+
+    # As the CLI passes it (`--adapter_lora_target_modules all-linear`), and as PEFT spells it
+    for targets in (["all-linear"], "all-linear"):
+        trainer = adapter_trainer("sft", base_model(tokenizer), tmp_path, tokenizer, adapter_lora=True,
+                                  adapter_lora_target_modules=targets)
+        assert lora_targets(trainer) == linear
+    for targets in ("all-linear", ["o_proj", "down_proj"]):
+        user_config = LoraConfig(r=4, target_modules=targets)
+        before = copy.deepcopy(user_config.to_dict())
+        trainer = LayerAdapterSFTTrainer(base_model(tokenizer), args=LayerAdapterSFTConfig(**common(tmp_path)),
+                                         train_dataset=sft_dataset(), processing_class=tokenizer,
+                                         peft_config=user_config)
+        assert lora_targets(trainer) == (linear if targets == "all-linear" else set(targets))
+        assert user_config.to_dict() == before
+    with pytest.raises(ValueError, match="pattern"):
+        LayerAdapterSFTConfig(**common(tmp_path, adapter_lora=True, adapter_lora_target_modules=".*proj"))
+
+
+@pytest.mark.parametrize("kind,name", [("sft", "Layer-adapter SFT"), ("dpo", "Layer-adapter DPO"),
+                                       ("trra", "Layer-adapter TrRa")])
+def test_model_card_names_the_trainer_and_cites_the_paper(tmp_path, tokenizer, kind, name):
+    from trl_realign.trainers.paper import REALIGN_PAPER
+
+    trainer = adapter_trainer(kind, base_model(tokenizer), tmp_path, tokenizer)
+    assert trainer._paper is REALIGN_PAPER and trainer._name == name
+    assert {"trl", "trl-realign", "layer-adapter"} <= set(trainer._tag_names)
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert name in card and "2506.12704" in card and "Flexible Realignment of Language Models" in card
+    assert "layer-adapter" in card and "trl-realign" in card
+
+
+def test_cli_with_lora_saves_and_reports_the_plain_model_and_the_adapter(tmp_path, tokenizer, capsys):
+    from trl_realign import InRaForCausalLM
+    from trl_realign.cli.main import main
+
+    base = base_model(tokenizer)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    sft_dataset().to_json(tmp_path / "data.jsonl")
+    out = tmp_path / "trained"
+    main(["sft", "--model_name_or_path", str(tmp_path / "base"), "--dataset_name", str(tmp_path / "data.jsonl"),
+          "--adapter_lora", "true", "--adapter_lora_r", "4", "--adapter_lora_target_modules", "all-linear",
+          "--max_steps", "2", "--learning_rate", "0.05", "--per_device_train_batch_size", "4", "--use_cpu", "true",
+          "--bf16", "false", "--report_to", "none", "--save_strategy", "no", "--output_dir", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    layers = base.config.num_hidden_layers
+    assert f"1 adapter layer(s) + {layers} original layers (LoRA merged into the adapter layers), to {out};" in printed
+    assert f"adapter-only artifact to {out / 'layer_adapter'}" in printed
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert loaded.config.num_hidden_layers == layers + 1 and not (out / "adapter_config.json").exists()
+    assert_base_unchanged(loaded, base, 1)
+    rebuilt = InRaForCausalLM.from_base_and_adapter(copy.deepcopy(base), out / "layer_adapter")
+    torch.testing.assert_close(batch_logits(rebuilt, tokenizer), batch_logits(loaded, tokenizer), rtol=0, atol=0)
+    assert (batch_logits(loaded, tokenizer) - batch_logits(base, tokenizer)).abs().max() > 1e-3
+
+
+def test_lora_on_the_adapter_is_refused_where_it_cannot_be_merged(tmp_path, tokenizer, monkeypatch):
+    from trl_realign.trainers import layer_adapter_lora
+
+    monkeypatch.setattr(layer_adapter_lora, "is_deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(ValueError, match="not supported under DeepSpeed ZeRO-3 or FSDP.*adapter_lora=False"):
+        adapter_trainer("sft", base_model(tokenizer), tmp_path, tokenizer, adapter_lora=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 
@@ -36,6 +37,9 @@ class AdapterTrainingCommand:
         check_no_model_lora(model_args, self.name)
 
     def main(self, script_args, training_args, model_args, preparation_args) -> None:
+        from ..modeling.adapter import get_layer_adapter_config
+        from ..modeling.adapter_artifact import ADAPTER_SUBFOLDER
+        from ..modeling.model_parts import decoder_of
         from .training import check_expanded_under_zero3, load_training_data, set_model_init_kwargs
 
         check_expanded_under_zero3(model_args.model_name_or_path, self.name)
@@ -48,8 +52,16 @@ class AdapterTrainingCommand:
             eval_dataset=eval_dataset,
         )
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model(training_args.output_dir)
-        trainer.accelerator.print(f"Expanded model with the trained adapter saved to {training_args.output_dir}.")
+        output_dir = training_args.output_dir
+        trainer.save_model(output_dir)
+        adapter_dir = os.path.join(output_dir, ADAPTER_SUBFOLDER)
+        trainer.save_adapter(adapter_dir)
+        marker = get_layer_adapter_config(decoder_of(trainer.model).config)
+        merged = " (LoRA merged into the adapter layers)" if training_args.adapter_lora else ""
+        trainer.accelerator.print(
+            f"Saved the expanded model, {marker['num_adapters']} adapter layer(s) + {marker['base_num_hidden_layers']} "
+            f"original layers{merged}, to {output_dir}; the adapter-only artifact to {adapter_dir}."
+        )
 
     def run(self, argv: list[str]) -> None:
         from .training import run_training_command

@@ -22,6 +22,7 @@ class ExpandArguments:
     )
     dtype: str = field(default="auto", metadata={"help": "dtype to load and save the weights in ('auto' keeps them)."})
     model_revision: str = field(default="main", metadata={"help": "Revision of the base model."})
+    seed: int = field(default=42, metadata={"help": "Seed of the 'kaiming' init (TrainingArguments' default)."})
 
 
 def make_parser(prog: str | None = "trl-realign expand"):
@@ -41,11 +42,14 @@ def check(args: ExpandArguments) -> None:
 
 
 def run(argv: list[str]) -> None:
+    from transformers import set_seed
+
     from ..modeling.adapter import expand_model
     from .parsing import parse_command_line
 
     (args,) = parse_command_line(make_parser(), "expand", argv, allow_launcher=False).args
     check(args)
+    set_seed(args.seed)
     expand_model(
         args.model_name_or_path, args.output_dir, num_adapters=args.num_adapters, init=args.init, dtype=args.dtype,
         revision=args.model_revision,

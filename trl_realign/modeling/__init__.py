@@ -8,8 +8,9 @@ from .adapter import (
     mark_layer_adapter,
     num_layer_adapters,
 )
+from .adapter_artifact import LayerAdapterArtifact, read_adapter_config
 from .dera import DeRaCache, DeRaForCausalLM
-from .inra import InRaForCausalLM, read_adapter_config
+from .inra import InRaForCausalLM
 from .inra_cache import InRaCache
 
 
@@ -18,6 +19,7 @@ __all__ = [
     "DeRaForCausalLM",
     "InRaCache",
     "InRaForCausalLM",
+    "LayerAdapterArtifact",
     "adapter_parameter_names",
     "add_layer_adapter",
     "bypass_layer_adapter",

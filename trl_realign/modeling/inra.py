@@ -12,11 +12,9 @@ decoding with two separate models.
 from __future__ import annotations
 
 import copy
-import json
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -26,17 +24,13 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 from transformers.utils import can_return_tuple
 
 from .adapter import add_layer_adapter, check_supported, get_layer_adapter_config, mark_layer_adapter
+from .adapter_artifact import ADAPTER_CONFIG_NAME, ADAPTER_SUBFOLDER, ADAPTER_WEIGHTS_NAME, LayerAdapterArtifact
 from .inra_cache import InRaCache
 from .model_parts import decoder_layers_of, decoder_of, is_peft_model
 from .realign_lambda import check_realign_lambda
 
 
-ADAPTER_CONFIG_NAME = "layer_adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "layer_adapter.safetensors"
-# Subfolder of `save_pretrained` holding the adapter-only artifact
-ADAPTER_SUBFOLDER = "layer_adapter"
-# Adapter weights keep their names in the full checkpoint (`model.layers.{i}.…`, i < num_adapters)
-_ADAPTER_KEY_PREFIX = "model.layers."
+__all__ = ["ADAPTER_CONFIG_NAME", "ADAPTER_SUBFOLDER", "ADAPTER_WEIGHTS_NAME", "InRaForCausalLM"]
 _MASK_FUNCTIONS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
@@ -191,54 +185,31 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         cls, base: PreTrainedModel | str | None, adapter_path: str, realign_lambda=1.0, **model_init_kwargs
     ) -> "InRaForCausalLM":
         """
-        Put an adapter-only artifact (from [`~InRaForCausalLM.save_adapter`]) on top of its base model.
+        Put an adapter-only artifact (from [`~InRaForCausalLM.save_adapter`] or a trainer's `save_adapter`; a folder
+        or a hub id, see [`LayerAdapterArtifact.load`]) on top of its base model.
 
         `base` is a model (expanded in place) or a path/hub id (loaded with `AutoModelForCausalLM.from_pretrained` and
         `model_init_kwargs`); `None` loads the base named in the artifact.
         """
-        adapter_config = read_adapter_config(adapter_path)
+        artifact = LayerAdapterArtifact.load(adapter_path)
         if base is None:
-            base = adapter_config.get("base_model_name_or_path") or None
+            base = artifact.base_model_name_or_path or None
             if base is None:
                 raise ValueError(f"The adapter in {adapter_path} does not name its base model; pass `base`.")
         if isinstance(base, str):
             base = AutoModelForCausalLM.from_pretrained(base, **model_init_kwargs)
         elif model_init_kwargs:
             raise ValueError(f"`{', '.join(model_init_kwargs)}` only apply when `base` is a path or hub id.")
-        config = base.config
-        if get_layer_adapter_config(config) is not None:
-            raise ValueError("`base` already has a layer adapter; pass the original (unexpanded) model.")
-        expected = {key: adapter_config[key] for key in ("model_type", "hidden_size", "vocab_size")}
-        expected["num_hidden_layers"] = adapter_config["base_num_hidden_layers"]
-        found = {key: getattr(config, key, None) for key in expected}
-        if found != expected:
-            raise ValueError(
-                f"The adapter in {adapter_path} was trained on a base model with {expected}, but `base` has {found}."
-            )
-        n = adapter_config["num_adapters"]
-        weights = load_file(os.path.join(adapter_path, ADAPTER_WEIGHTS_NAME))
-        weights = {name.removeprefix(_ADAPTER_KEY_PREFIX): tensor for name, tensor in weights.items()}
-        # Checked against the base's bottom layer (each adapter is a copy of it) before `base` is touched, so a bad
-        # artifact leaves the caller's model as it was
-        bottom = {name: tensor.shape for name, tensor in decoder_layers_of(base)[0].state_dict().items()}
-        expected_shapes = {f"{i}.{name}": shape for i in range(n) for name, shape in bottom.items()}
-        wrong = sorted(
-            name for name in expected_shapes.keys() | weights.keys()
-            if name not in weights or name not in expected_shapes or weights[name].shape != expected_shapes[name]
-        )
-        if wrong:
-            raise ValueError(
-                f"The adapter weights in {adapter_path} do not fit the base model's layers ({len(wrong)} tensors "
-                f"missing, unexpected or of another shape, e.g. {wrong[:5]}). Pass the base model the adapter was "
-                "trained on."
-            )
+        # Checked before `base` is touched, so a bad artifact leaves the caller's model as it was
+        artifact.check_fits(base, source=str(adapter_path))
+        n = artifact.num_adapters
         add_layer_adapter(base, num_adapters=n)
-        nn.ModuleList(decoder_layers_of(base)[:n]).load_state_dict(weights, strict=True)
-        marker = get_layer_adapter_config(config)
-        marker.update(init=adapter_config.get("init", marker["init"]))
-        if adapter_config.get("base_model_name_or_path"):
-            marker["base_model_name_or_path"] = adapter_config["base_model_name_or_path"]
-        config.layer_adapter = marker
+        nn.ModuleList(decoder_layers_of(base)[:n]).load_state_dict(artifact.adapter_layers_state(), strict=True)
+        marker = get_layer_adapter_config(base.config)
+        marker["init"] = artifact.init
+        if artifact.base_model_name_or_path:
+            marker["base_model_name_or_path"] = artifact.base_model_name_or_path
+        base.config.layer_adapter = marker
         return cls.from_model(base, realign_lambda=realign_lambda)
 
     # ------------------------------------------------------------------------------------------------------ saving
@@ -262,25 +233,7 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
 
     def save_adapter(self, save_directory: str) -> None:
         """Write only the adapter layers' weights and a small config naming the base model and `num_adapters`."""
-        os.makedirs(save_directory, exist_ok=True)
-        adapter_layers = nn.ModuleList(self.model.layers[: self.num_adapters])
-        weights = {
-            _ADAPTER_KEY_PREFIX + name: tensor.detach().contiguous()
-            for name, tensor in adapter_layers.state_dict().items()
-        }
-        save_file(weights, os.path.join(save_directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-        marker = get_layer_adapter_config(self.config)
-        adapter_config = {
-            "num_adapters": self.num_adapters,
-            "init": marker["init"],
-            "base_model_name_or_path": marker["base_model_name_or_path"],
-            "base_num_hidden_layers": marker["base_num_hidden_layers"],
-            "model_type": self.config.model_type,
-            "hidden_size": self.config.hidden_size,
-            "vocab_size": self.config.vocab_size,
-        }
-        with open(os.path.join(save_directory, ADAPTER_CONFIG_NAME), "w") as f:
-            json.dump(adapter_config, f, indent=2)
+        LayerAdapterArtifact.from_model(self).save(save_directory)
 
     # ----------------------------------------------------------------------------------------------------- forward
     def get_input_embeddings(self) -> nn.Module:
@@ -428,15 +381,3 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
             )
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-
-
-def read_adapter_config(adapter_path: str) -> dict:
-    """The config of an adapter-only artifact written by [`InRaForCausalLM.save_adapter`]."""
-    config_file = os.path.join(adapter_path, ADAPTER_CONFIG_NAME)
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(
-            f"No {ADAPTER_CONFIG_NAME} in {adapter_path}: not an adapter written by `InRaForCausalLM.save_adapter` "
-            f"(`save_pretrained` writes one in its `{ADAPTER_SUBFOLDER}/` subfolder)."
-        )
-    with open(config_file) as f:
-        return json.load(f)

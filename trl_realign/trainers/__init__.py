@@ -1,4 +1,4 @@
-from .layer_adapter import LayerAdapterArguments
+from .layer_adapter_arguments import LayerAdapterArguments
 from .layer_adapter_dpo_config import LayerAdapterDPOConfig
 from .layer_adapter_dpo_trainer import LayerAdapterDPOTrainer
 from .layer_adapter_sft_config import LayerAdapterSFTConfig

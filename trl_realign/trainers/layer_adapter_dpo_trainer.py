@@ -5,17 +5,15 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 from trl import DPOTrainer
 
-from .layer_adapter import (
-    AdapterBypassedModel,
-    CompletionLengthMetricMixin,
-    log_adapter_setup,
-    prepare_layer_adapter_model,
-    resolve_adapter_args,
-)
+from .completion_length_metric import CompletionLengthMetricMixin
+from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
 from .layer_adapter_dpo_config import LayerAdapterDPOConfig
+from .layer_adapter_reference import AdapterBypassedModel
+from .layer_adapter_saving import LayerAdapterSavingMixin
+from .paper import REALIGN_PAPER
 
 
-class LayerAdapterDPOTrainer(CompletionLengthMetricMixin, DPOTrainer):
+class LayerAdapterDPOTrainer(LayerAdapterSavingMixin, CompletionLengthMetricMixin, DPOTrainer):
     r"""
     Trainer for Direct Preference Optimization of the layer adapter: every original layer stays frozen.
 
@@ -35,6 +33,8 @@ class LayerAdapterDPOTrainer(CompletionLengthMetricMixin, DPOTrainer):
     """
 
     _tag_names = ["trl", "dpo", "trl-realign", "layer-adapter"]
+    _name = "Layer-adapter DPO"
+    _paper = REALIGN_PAPER
 
     def __init__(
         self,

@@ -5,16 +5,14 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 from trl import SFTTrainer
 
-from .layer_adapter import (
-    CompletionLengthMetricMixin,
-    log_adapter_setup,
-    prepare_layer_adapter_model,
-    resolve_adapter_args,
-)
+from .completion_length_metric import CompletionLengthMetricMixin
+from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
+from .layer_adapter_saving import LayerAdapterSavingMixin
 from .layer_adapter_sft_config import LayerAdapterSFTConfig
+from .paper import REALIGN_PAPER
 
 
-class LayerAdapterSFTTrainer(CompletionLengthMetricMixin, SFTTrainer):
+class LayerAdapterSFTTrainer(LayerAdapterSavingMixin, CompletionLengthMetricMixin, SFTTrainer):
     r"""
     Trainer for supervised fine-tuning of the layer adapter: every original layer stays frozen.
 
@@ -33,6 +31,8 @@ class LayerAdapterSFTTrainer(CompletionLengthMetricMixin, SFTTrainer):
     """
 
     _tag_names = ["trl", "sft", "trl-realign", "layer-adapter"]
+    _name = "Layer-adapter SFT"
+    _paper = REALIGN_PAPER
 
     def __init__(
         self,

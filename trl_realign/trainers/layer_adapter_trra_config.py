@@ -1,6 +1,6 @@
 from dataclasses import dataclass
 
-from .layer_adapter import LayerAdapterArguments
+from .layer_adapter_arguments import LayerAdapterArguments
 from .trra_config import TrRaConfig
 
 

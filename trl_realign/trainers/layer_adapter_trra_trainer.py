@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from .layer_adapter import (
-    AdapterBypassedModel,
-    log_adapter_setup,
-    prepare_layer_adapter_model,
-    resolve_adapter_args,
-)
+from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
+from .layer_adapter_reference import AdapterBypassedModel
+from .layer_adapter_saving import LayerAdapterSavingMixin
 from .layer_adapter_trra_config import LayerAdapterTrRaConfig
+from .paper import REALIGN_PAPER
 from .trra_trainer import TrRaTrainer
 
 
-class LayerAdapterTrRaTrainer(TrRaTrainer):
+class LayerAdapterTrRaTrainer(LayerAdapterSavingMixin, TrRaTrainer):
     r"""
     Trainer for training-time realignment of the layer adapter: the TrRa loss, with every original layer frozen.
 
@@ -36,6 +34,8 @@ class LayerAdapterTrRaTrainer(TrRaTrainer):
     """
 
     _tag_names = ["trl", "trl-realign", "trra", "layer-adapter"]
+    _name = "Layer-adapter TrRa"
+    _paper = REALIGN_PAPER
 
     def __init__(
         self,
