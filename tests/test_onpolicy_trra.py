@@ -391,3 +391,42 @@ def test_onpolicy_command_needs_the_aligned_model(tmp_path):
     with pytest.raises(ValueError, match="aligned_model_name_or_path"):
         main(["onpolicy", "--model_name_or_path", "org/model", "--dataset_name", str(tmp_path / "data.jsonl"),
               "--use_cpu", "true", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ layer adapter (InRa)
+def test_layer_adapter_variant_trains_only_the_adapter_toward_the_bypassed_reference(tmp_path, tokenizer):
+    from trl_realign import LayerAdapterOnPolicyTrRaConfig, LayerAdapterOnPolicyTrRaTrainer
+    from trl_realign.modeling import bypass_layer_adapter
+
+    base, b = models(tokenizer, family="qwen2")
+    base_state = copy.deepcopy(base.state_dict())
+    # λ=0: the identity adapter makes the student exactly A, so the first step's loss is exactly 0
+    args = LayerAdapterOnPolicyTrRaConfig(**on_policy_kwargs(tmp_path, realign_lambda=0.0, max_steps=1))
+    trainer = LayerAdapterOnPolicyTrRaTrainer(copy.deepcopy(base), aligned_model=b, args=args,
+                                              train_dataset=prompt_dataset(), processing_class=tokenizer)  # fmt: skip
+    assert not list(trainer.ref_model.parameters())  # A shares the student's weights
+    trainer.train()
+    assert trainer.state.log_history[0]["loss"] == 0.0
+
+    args = LayerAdapterOnPolicyTrRaConfig(**on_policy_kwargs(tmp_path, realign_lambda=2.0, learning_rate=5e-2))
+    trainer = LayerAdapterOnPolicyTrRaTrainer(copy.deepcopy(base), aligned_model=b, args=args,
+                                              train_dataset=prompt_dataset(), processing_class=tokenizer)  # fmt: skip
+    initial = copy.deepcopy(trainer.model.state_dict())
+    trainer.train()
+    trained = trainer.model.state_dict()
+    for name, value in base_state.items():  # every original layer bitwise unchanged (shifted by the adapter layer)
+        if name.startswith("model.layers."):
+            index = int(name.split(".")[2])
+            name = name.replace(f"model.layers.{index}.", f"model.layers.{index + 1}.", 1)
+        assert torch.equal(trained[name], value), name
+    assert any(not torch.equal(trained[k], v) for k, v in initial.items() if k.startswith("model.layers.0."))
+
+    # The loss is the naive one toward λ·z_B + (1−λ)·z_A with A the original model
+    inputs = generation_batch(trainer)
+    with bypass_layer_adapter(trainer.model):
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        torch.testing.assert_close(trainer.model(input_ids=ids, attention_mask=mask).logits, base(input_ids=ids, attention_mask=mask).logits)
+    loss = trainer.compute_loss(trainer.model, inputs)
+    expected = naive_loss(trainer.model, base, b, inputs, 2.0, 1.0, 1.0, vocab=len(tokenizer))
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)

@@ -1,6 +1,8 @@
 from .layer_adapter_arguments import LayerAdapterArguments
 from .layer_adapter_dpo_config import LayerAdapterDPOConfig
 from .layer_adapter_dpo_trainer import LayerAdapterDPOTrainer
+from .layer_adapter_onpolicy_trra_config import LayerAdapterOnPolicyTrRaConfig
+from .layer_adapter_onpolicy_trra_trainer import LayerAdapterOnPolicyTrRaTrainer
 from .layer_adapter_sft_config import LayerAdapterSFTConfig
 from .layer_adapter_sft_trainer import LayerAdapterSFTTrainer
 from .layer_adapter_trra_config import LayerAdapterTrRaConfig
@@ -16,6 +18,8 @@ __all__ = [
     "LayerAdapterArguments",
     "LayerAdapterDPOConfig",
     "LayerAdapterDPOTrainer",
+    "LayerAdapterOnPolicyTrRaConfig",
+    "LayerAdapterOnPolicyTrRaTrainer",
     "LayerAdapterSFTConfig",
     "LayerAdapterSFTTrainer",
     "LayerAdapterTrRaConfig",
