@@ -46,10 +46,10 @@ class DirectAnswerSettings:
     num_train_problems: int = 2000
     num_test_problems: int = 100
     num_digits: int = 8
-    reference_steps: int = 300
-    aligned_steps: int = 150
-    offpolicy_steps: int = 100
-    onpolicy_steps: int = 60
+    reference_steps: int = 200
+    aligned_steps: int = 100
+    offpolicy_steps: int = 80
+    onpolicy_steps: int = 40
     onpolicy_batch_size: int = 32
     reference_lr: float = 3e-3
     aligned_lr: float = 2e-3
