@@ -5,9 +5,6 @@ checkpoint. The slowest tests of the suite: kept to three launches.
 """
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,49 +14,13 @@ from safetensors.torch import load_file
 
 from trl_realign.testing import tiny_causal_lm
 
+from launching import accelerate_zero3_config, free_port, run
+
 
 SCRIPTS = Path(__file__).parent / "scripts"
-# ZeRO-3 with every parameter partitioned, however small (the default threshold keeps tiny tensors whole)
-ZERO3 = {
-    "zero_optimization": {
-        "stage": 3, "stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": True,
-    },
-    "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-    "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
-    "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-}  # fmt: skip
 COMMON = ["--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--save_strategy", "no", "--dtype", "float32",
           "--max_steps", "1", "--optim", "sgd", "--learning_rate", "1.0", "--lr_scheduler_type", "constant",
           "--seed", "0", "--disable_tqdm", "true"]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def environment():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    env.pop("ACCELERATE_USE_DEEPSPEED", None)
-    return env
-
-
-def run(command, cwd):
-    result = subprocess.run(command, env=environment(), cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
-    return result
-
-
-def accelerate_zero3_config(tmp_path) -> str:
-    (tmp_path / "ds_zero3.json").write_text(json.dumps(ZERO3))
-    config = tmp_path / "accelerate_zero3.yaml"
-    config.write_text(
-        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\n"
-        f"deepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds_zero3.json'}\n  zero3_init_flag: true\n"
-        "num_machines: 1\nnum_processes: 2\nmachine_rank: 0\nuse_cpu: true\n"
-    )
-    return str(config)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from trl.experimental.gkd import GKDTrainer
 
 from trl_realign.losses import (
     TeacherHead,
-    divergence_beta,
     naive_realign_divergence,
     realign_logits,
+    resolve_divergence,
     streamed_realign_divergence,
 )
 
@@ -41,7 +41,7 @@ def test_streamed_matches_trl_generalized_jsd_and_naive(lam, divergence, beta, t
     b_s = head_s[1].clone().requires_grad_(True)
     teachers = [TeacherHead(h_b, *head_b, lam), TeacherHead(h_a, *head_a, 1 - lam)]
     out = streamed_realign_divergence(
-        h_s, w_s, b_s, teachers, vocab_size=vocab, divergence=divergence, beta=beta or 0.5,
+        h_s, w_s, b_s, teachers, vocab_size=vocab, divergence=divergence, beta=beta,
         temperature=temperature, token_chunk_size=5, vocab_chunk_size=vocab_chunk,
     )
     grads = torch.autograd.grad(out.loss, [h_s, w_s, b_s])
@@ -53,7 +53,7 @@ def test_streamed_matches_trl_generalized_jsd_and_naive(lam, divergence, beta, t
     z_s = torch.nn.functional.linear(h_s2, w_s2, b_s2)[:, :vocab]
     z_t = realign_logits(full_logits(h_a, head_a, vocab), full_logits(h_b, head_b, vocab), lam)
     expected = GKDTrainer.generalized_jsd_loss(
-        z_s.unsqueeze(0), z_t.unsqueeze(0), beta=divergence_beta(divergence, beta or 0.5),
+        z_s.unsqueeze(0), z_t.unsqueeze(0), beta=resolve_divergence(divergence, beta)[1],
         temperature=temperature, reduction="sum",
     )
     expected_grads = torch.autograd.grad(expected, [h_s2, w_s2, b_s2])
@@ -63,7 +63,7 @@ def test_streamed_matches_trl_generalized_jsd_and_naive(lam, divergence, beta, t
     # Padding rows of the student's head get no gradient
     assert grads[1][vocab:].abs().max() == 0 and grads[2][vocab:].abs().max() == 0
 
-    naive = naive_realign_divergence(z_s.detach(), z_t, divergence=divergence, beta=beta or 0.5,
+    naive = naive_realign_divergence(z_s.detach(), z_t, divergence=divergence, beta=beta,
                                      temperature=temperature)
     torch.testing.assert_close(out.divergence, naive, atol=1e-5, rtol=1e-5)
     log_ps = torch.log_softmax(z_s.detach() / temperature, -1)
@@ -156,6 +156,26 @@ def test_bad_arguments_are_rejected(kwargs, match):
     h_s, head_s, h_a, head_a, *_ = make_case()
     with pytest.raises(ValueError, match=match):
         streamed_realign_divergence(h_s, *head_s, [TeacherHead(h_a, *head_a, 1.0)], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "divergence,beta,expected",
+    [(None, None, ("reverse_kl", 1.0)), (None, 0.0, ("forward_kl", 0.0)), (None, 0.4, ("jsd", 0.4)),
+     ("forward_kl", None, ("forward_kl", 0.0)), ("jsd", None, ("jsd", 0.5)), ("jsd", 1.0, ("jsd", 1.0))],
+)  # fmt: skip
+def test_beta_alone_selects_the_divergence(divergence, beta, expected):
+    assert resolve_divergence(divergence, beta) == expected
+
+
+def test_beta_zero_alone_is_forward_kl_and_a_conflicting_pair_is_rejected():
+    h_s, head_s, h_a, head_a, *_ = make_case()
+    teachers = [TeacherHead(h_a, *head_a, 1.0)]
+    by_beta = streamed_realign_divergence(h_s, *head_s, teachers, beta=0.0).loss
+    by_name = streamed_realign_divergence(h_s, *head_s, teachers, divergence="forward_kl").loss
+    assert by_beta.item() == by_name.item()
+    assert by_beta.item() != streamed_realign_divergence(h_s, *head_s, teachers).loss.item()
+    with pytest.raises(ValueError, match="beta=0.5.*reverse_kl"):
+        streamed_realign_divergence(h_s, *head_s, teachers, divergence="reverse_kl", beta=0.5)
 
 
 def test_teacher_with_other_token_count_is_rejected():

@@ -134,8 +134,8 @@ def test_local_sweep_logs_one_run_per_point_in_one_group(models, tmp_path, wandb
     for run, lam in zip(wandb_runs, [0.5, 3.0]):
         assert run["group"] == "lambda-grid"
         assert run["config"]["realign_lambda"] == lam and run["config"]["learning_rate"] == 1e-3
-        # the realignment fields: λ, β and the divergence in the config; divergence, entropies, length as metrics
-        assert run["config"]["beta"] == 0.5 and run["config"]["divergence"] == "reverse_kl"
+            # the realignment fields: λ, β (resolved: reverse KL is β = 1) and the divergence in the config; metrics too
+        assert run["config"]["beta"] == 1.0 and run["config"]["divergence"] == "reverse_kl"
         assert all(key in run["summary"] for key in TRRA_METRICS), sorted(run["summary"])
         assert (tmp_path / "grid" / run["name"] / "model.safetensors").is_file()
 

@@ -354,3 +354,232 @@ def test_trra_iter_uses_previous_result_as_aligned_model(tmp_path, tokenizer, mo
     assert seen[0] is b and seen[1] == outputs[0]
     for k, v in a.state_dict().items():
         assert torch.equal(v, a_before[k]), "TrRa-iter must not train model A in place"
+
+
+@pytest.mark.parametrize(
+    "kwargs,divergence,beta",
+    [
+        ({}, "reverse_kl", 1.0),  # the paper's Eq. 6
+        ({"beta": 0.0}, "forward_kl", 0.0),  # beta alone selects the divergence, as in TRL's DistillationConfig
+        ({"beta": 1.0}, "reverse_kl", 1.0),
+        ({"beta": 0.3}, "jsd", 0.3),
+        ({"divergence": "forward_kl"}, "forward_kl", 0.0),
+        ({"divergence": "jsd"}, "jsd", 0.5),
+        ({"divergence": "jsd", "beta": 0.2}, "jsd", 0.2),
+        ({"divergence": "reverse_kl", "beta": 1.0}, "reverse_kl", 1.0),
+    ],
+)
+def test_beta_and_divergence_resolve_like_trl(tmp_path, kwargs, divergence, beta):
+    args = make_args(tmp_path, **kwargs)
+    assert (args.divergence, args.beta) == (divergence, beta)
+
+
+@pytest.mark.parametrize("kwargs", [{"divergence": "reverse_kl", "beta": 0.5}, {"divergence": "forward_kl", "beta": 1.0}])
+def test_conflicting_beta_and_divergence_are_rejected(tmp_path, kwargs):
+    with pytest.raises(ValueError, match="beta.*divergence|divergence.*beta"):
+        make_args(tmp_path, **kwargs)
+
+
+def test_beta_zero_alone_trains_forward_kl(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=make_args(tmp_path, beta=0.0),
+                          train_dataset=pc_dataset(), processing_class=tokenizer)
+    batch = first_batch(trainer)
+    loss = trainer.compute_loss(trainer.model, batch)
+    expected = reference_loss(fresh(a), a, b, batch, 1.5, "forward_kl", vocab=len(tokenizer))
+    torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+def naive_kl_to_reference(trainer, reference, batch):
+    """KL(student ‖ reference) per scored token, from full logits (λ = 0: the teacher is the reference)."""
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        z_s = trainer.model(**kwargs).logits[:, :-1]
+        z_a = reference(**kwargs).logits[:, :-1]
+    return GKDTrainer.generalized_jsd_loss(z_s, z_a, labels=batch["labels"][:, 1:], beta=1.0)
+
+
+def test_peft_reference_head_is_the_untrained_head_with_lm_head_in_modules_to_save(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    a, b = models(tokenizer=tokenizer)
+    reference = copy.deepcopy(a)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=0.0),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    with torch.no_grad():  # the trained copy of the head moves away from A's
+        trained_head = trainer.model.base_model.model.lm_head.modules_to_save["default"].weight
+        trained_head.add_(torch.randn_like(trained_head))
+    batch = first_batch(trainer)
+    expected = naive_kl_to_reference(trainer, reference, batch)
+    assert expected.item() > 0.1
+    torch.testing.assert_close(trainer.compute_loss(trainer.model, batch).detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_peft_student_with_a_trained_adapter_is_realigned_from_its_starting_policy(tmp_path, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    a, b = models(tokenizer=tokenizer)
+    student = get_peft_model(a, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    with torch.no_grad():  # e.g. after SFT-LoRA: the adapter is no longer the identity
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    starting_policy = copy.deepcopy(student).merge_and_unload()
+    trainer = TrRaTrainer(model=student, aligned_model=b,
+                          args=make_args(tmp_path, realign_lambda=0.0, max_steps=3, learning_rate=5e-2),
+                          train_dataset=pc_dataset(), processing_class=tokenizer)
+    batch = first_batch(trainer)
+    # A is the starting policy (DPOTrainer's rule), so at λ=0 the student starts on its own reference
+    assert trainer.compute_loss(trainer.model, batch).item() == 0.0
+    trainer.args.realign_lambda = trainer.realign_lambda = 2.0
+    trainer.train()
+    trainer.realign_lambda = 0.0
+    # After training, the loss at λ=0 is the KL to the (unchanged) starting policy, not to the adapter-free base
+    expected = naive_kl_to_reference(trainer, starting_policy, batch)
+    assert expected.item() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_is_disabled_in_student_and_teachers_by_default(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.5))
+    assert trainer.args.disable_dropout is True
+    dropouts = [m for model in (trainer.model, trainer.aligned_model) for m in model.modules()
+                if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0 for m in dropouts)
+
+
+def test_peft_reference_forward_runs_without_dropout(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    # Attention dropout is not an nn.Dropout that disable_dropout could zero: only eval mode turns it off
+    a = tiny_causal_lm("llama", seed=0, vocab_size=len(tokenizer), attention_dropout=0.5)
+    _, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=0.0, disable_dropout=False),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.0))
+    modes = []
+    attention = trainer.model.base_model.model.model.layers[0].self_attn
+    attention.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, first_batch(trainer))
+    assert modes == [True, False]  # the student's forward with dropout, the reference's without
+    assert trainer.model.training and attention.training
+
+
+def test_model_card_names_trra_and_the_paper(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                          processing_class=tokenizer)
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "TrRa" in card and "2506.12704" in card and "Flexible Realignment" in card
+    assert {"trl-realign", "trra"} <= set(trainer.model.model_tags)
+
+
+def test_gkd_style_positional_call_works(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(a, b, make_args(tmp_path, realign_lambda=0.0), pc_dataset(), processing_class=tokenizer)
+    assert trainer.accelerator.unwrap_model(trainer.aligned_model) is b
+    assert trainer.compute_loss(trainer.model, first_batch(trainer)).item() == 0.0  # A: a copy of the student
+
+
+def test_positional_config_in_the_wrong_place_fails_at_once_naming_args(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    with pytest.raises(TypeError, match=r"`args`.*TrRaConfig.*ref_model="):
+        # The order before: (model, ref_model, aligned_model, args, train_dataset, ...)
+        TrRaTrainer(a, copy.deepcopy(a), b, make_args(tmp_path), pc_dataset(), processing_class=tokenizer)
+
+
+def test_tokenizer_loaded_two_ways_is_accepted(tmp_path, tokenizer):
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from trl_realign.modeling.checks import check_tokenizer_of
+
+    # The teacher's folder says Qwen2Tokenizer with no unk token: AutoTokenizer adds Qwen2's default unk
+    # ('<|endoftext|>') as one more token, which the student's tokenizer, loaded from the file alone, lacks
+    folder = tmp_path / "teacher"
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("unk_token", None)
+    config["tokenizer_class"] = "Qwen2Tokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    student = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="<eos>")
+    assert set(AutoTokenizer.from_pretrained(folder).get_vocab()) - set(student.get_vocab())
+    teacher = tiny_causal_lm("llama", seed=1, vocab_size=len(tokenizer))
+    teacher.name_or_path = str(folder)
+    check_tokenizer_of(teacher, student, "aligned model")
+
+
+def test_teacher_tokenizer_missing_a_student_token_is_rejected(tmp_path, tokenizer):
+    from trl_realign.modeling.checks import check_same_tokenizer
+
+    smaller = build_char_tokenizer(alphabet="0123456789")
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        check_same_tokenizer(tokenizer, smaller, "aligned model")
+    check_same_tokenizer(smaller, smaller, "aligned model")
+
+
+def test_trra_iter_frees_each_iteration_before_building_the_next(tmp_path, tokenizer, monkeypatch):
+    import gc
+    import weakref
+
+    import trl_realign.trainers.trra_iter as trra_iter
+
+    a, b = models(tokenizer=tokenizer)
+    previous, alive_at_init = [], []
+    original = trra_iter.TrRaTrainer
+
+    class Spy(original):
+        def __init__(self, *args, **kwargs):
+            gc.collect()
+            alive_at_init.append([ref() is not None for ref in previous])
+            super().__init__(*args, **kwargs)
+            # The student, its optimizer's owner (the trainer) and the teacher that iteration k loaded itself
+            previous[:] = [weakref.ref(self), weakref.ref(self.model), weakref.ref(self.ref_model)]
+
+    monkeypatch.setattr(trra_iter, "TrRaTrainer", Spy)
+    train_trra_iterations(a, b, make_args(tmp_path, max_steps=1), 3, pc_dataset(), processing_class=tokenizer)
+    assert alive_at_init == [[], [False, False, False], [False, False, False]]
+
+
+def test_packed_padding_free_batches_keep_document_boundaries_and_per_document_length(tmp_path, tokenizer):
+    from trl_realign.modeling.model_parts import decoder_of
+
+    a, b = models(tokenizer=tokenizer)
+    packed = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b,
+                         args=make_args(tmp_path, packing=True, max_length=20, per_device_train_batch_size=2),
+                         train_dataset=pc_dataset(8), processing_class=tokenizer)
+    batch = first_batch(packed)
+    assert {"cu_seq_lens_q", "max_length_q", "seq_idx"} <= batch.keys() and "attention_mask" not in batch
+    seen = []
+    for model in (packed.model, b):
+        decoder_of(model).register_forward_pre_hook(lambda m, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+    loss = packed.compute_loss(packed.model, batch)
+    padding_free_keys = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx", "position_ids"}
+    assert len(seen) == 2 and all(padding_free_keys <= keys for keys in seen)
+
+    # The same documents, padded one per row: the same tokens scored, the same loss
+    documents = int(batch["cu_seq_lens_q"].numel() - 1)
+    assert documents > batch["input_ids"].shape[0]
+    padded = TrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b,
+                         args=make_args(tmp_path, per_device_train_batch_size=documents),
+                         train_dataset=pc_dataset(8), processing_class=tokenizer)
+    rows = [padded.train_dataset[i] for i in range(len(padded.train_dataset))]
+    starts = batch["cu_seq_lens_q"].tolist()
+    packed_docs = [batch["input_ids"][0, s:e].tolist() for s, e in zip(starts, starts[1:])]
+    padded_batch = padded._prepare_inputs(padded.data_collator([r for r in rows if r["input_ids"] in packed_docs]))
+    assert padded_batch["input_ids"].shape[0] == documents
+    torch.testing.assert_close(loss.detach(), padded.compute_loss(padded.model, padded_batch).detach(),
+                               atol=1e-5, rtol=1e-5)
+    scored = (batch["labels"][:, 1:] != -100).sum().item()
+    mode = "train" if packed.model.training else "eval"
+    assert packed._metrics[mode]["completion_length"] == [scored / documents]

@@ -53,17 +53,36 @@ class RealignDivergenceOutput(NamedTuple):
     teacher_entropy: torch.Tensor
 
 
-def divergence_beta(divergence: str, beta: float = 0.5) -> float:
-    """TRL's generalised-JSD weight for `divergence`: 1 is KL(student ‖ teacher), 0 is KL(teacher ‖ student)."""
-    if divergence not in DIVERGENCES:
+_DIVERGENCE_OF_BETA = {0.0: "forward_kl", 1.0: "reverse_kl"}
+
+
+def resolve_divergence(divergence: str | None = None, beta: float | None = None) -> tuple[str, float]:
+    """
+    The divergence and its generalised-JSD weight β from either knob, as TRL's `DistillationConfig` reads `beta`:
+    β=1 is KL(student ‖ teacher) (`"reverse_kl"`), β=0 KL(teacher ‖ student) (`"forward_kl"`), else `"jsd"`.
+
+    `divergence` alone: reverse KL → β=1, forward KL → β=0, `"jsd"` → β=0.5. `beta` alone selects the divergence.
+    Neither: reverse KL, the paper's Eq. 6. Both: they must agree (any β in [0, 1] with `"jsd"`).
+
+    Returns:
+        `(divergence, beta)`.
+    """
+    if divergence is not None and divergence not in DIVERGENCES:
         raise ValueError(f"Unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}.")
-    if divergence == "reverse_kl":
-        return 1.0
-    if divergence == "forward_kl":
-        return 0.0
+    if beta is None:
+        beta = {"forward_kl": 0.0, "jsd": 0.5}.get(divergence, 1.0)
+    beta = float(beta)
     if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"`beta` must lie in [0, 1] for divergence='jsd', got {beta}.")
-    return float(beta)
+        raise ValueError(f"`beta` must lie in [0, 1] (0 forward KL, 1 reverse KL, in between JSD), got {beta}.")
+    implied = _DIVERGENCE_OF_BETA.get(beta, "jsd")
+    if divergence is None:
+        return implied, beta
+    if divergence != "jsd" and divergence != implied:
+        raise ValueError(
+            f"`beta={beta}` and `divergence={divergence!r}` disagree: beta alone selects the divergence (0 forward KL, "
+            "1 reverse KL, in between the generalised JSD). Set only one of them, or `divergence='jsd'` with a beta."
+        )
+    return divergence, beta
 
 
 def realign_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, realign_lambda) -> torch.Tensor:
@@ -325,8 +344,8 @@ def streamed_realign_divergence(
     teachers: list[TeacherHead],
     *,
     vocab_size: int | None = None,
-    divergence: str = "reverse_kl",
-    beta: float = 0.5,
+    divergence: str | None = None,
+    beta: float | None = None,
     temperature: float = 1.0,
     token_chunk_size: int = 256,
     vocab_chunk_size: int | None = None,
@@ -348,9 +367,10 @@ def streamed_realign_divergence(
         vocab_size (`int`, *optional*):
             Only the first `vocab_size` rows of every head are scored: the tokens the tokenizer can produce. Heads
             padded to different sizes (151,936 vs 152,064 rows for Qwen) then mix. Defaults to the student's rows.
-        divergence (`str`):
-            `"reverse_kl"` KL(student ‖ teacher) (the paper's Eq. 6), `"forward_kl"` KL(teacher ‖ student), or `"jsd"`,
-            the generalised Jensen–Shannon divergence of TRL's GKD with weight `beta`.
+        divergence (`str`, *optional*), beta (`float`, *optional*):
+            `"reverse_kl"` KL(student ‖ teacher) (the paper's Eq. 6, the default), `"forward_kl"` KL(teacher ‖ student),
+            or `"jsd"`, the generalised Jensen–Shannon divergence of TRL's GKD with weight `beta`. `beta` alone selects
+            the divergence as in TRL's distillation (see [`resolve_divergence`]); a conflicting pair is an error.
         temperature (`float`): divides every logit.
         token_chunk_size (`int`): tokens per chunk; peak memory grows with `token_chunk_size × vocab_chunk_size`.
         vocab_chunk_size (`int`, *optional*):
@@ -361,7 +381,7 @@ def streamed_realign_divergence(
         [`RealignDivergenceOutput`]: the summed loss (differentiable with respect to the student) and detached
         per-token divergence and entropies.
     """
-    beta = divergence_beta(divergence, beta)
+    _, beta = resolve_divergence(divergence, beta)
     if not teachers:
         raise ValueError("`teachers` is empty: pass at least one `TeacherHead`.")
     if student_hidden.dim() != 2:
@@ -387,10 +407,8 @@ def streamed_realign_divergence(
         grad_on and student_bias is not None and student_bias.requires_grad,
     )
     options = (vocab_size, beta, float(temperature), int(token_chunk_size), vocab_chunk_size, needs_grad)
-    if student_hidden.shape[0] == 0:
-        zero = student_hidden.sum() * 0.0 + student_weight.sum() * 0.0 if any(needs_grad) else student_hidden.new_zeros(())
-        empty = student_hidden.new_zeros(0, dtype=torch.float32)
-        return RealignDivergenceOutput(zero.float(), empty, empty, empty)
+    # No early return without tokens: under ZeRO-3 every process must join the heads' all-gather inside, whether or not
+    # its batch scores a token, or the others wait in it forever. With no rows the loss is 0, its gradients zeros.
     loss, div, ent_s, ent_t = _StreamedRealignDivergence.apply(
         student_hidden, student_weight, student_bias, tuple(teachers), options
     )
@@ -401,15 +419,15 @@ def naive_realign_divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     *,
-    divergence: str = "reverse_kl",
-    beta: float = 0.5,
+    divergence: str | None = None,
+    beta: float | None = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """
     Per-token divergence from full `[..., vocab]` logits (the fused teacher's, e.g. from [`realign_logits`]). The
     reference for tests and benchmarks: it materialises everything, and autograd differentiates it.
     """
-    beta = divergence_beta(divergence, beta)
+    _, beta = resolve_divergence(divergence, beta)
     log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     return _token_terms(log_ps, log_pt, log_ps.exp(), log_pt.exp(), beta)[0]

@@ -12,13 +12,19 @@ from trl_realign.data.tokenizer import build_char_tokenizer
 from trl_realign.testing import tiny_causal_lm
 
 
-def main(output_path: str, per_device_batch: int, accumulation: int, deepspeed: str | None = None):
+def tiny_setup():
+    """The tokenizer, models A and B, and 8 prompt/completion rows that the scripts here train on."""
     logging.disable(logging.WARNING)
     tokenizer = build_char_tokenizer()
     a = tiny_causal_lm("qwen2", seed=0, vocab_size=len(tokenizer))
     b = tiny_causal_lm("qwen2", seed=1, vocab_size=len(tokenizer))
     # Completions of different lengths, so a wrong per-process normalisation would show
     rows = [{"prompt": f"{i}+{i * 7}=", "completion": str(i + i * 7) * (1 + i % 3)} for i in range(1, 9)]
+    return tokenizer, a, b, rows
+
+
+def main(output_path: str, per_device_batch: int, accumulation: int, deepspeed: str | None = None):
+    tokenizer, a, b, rows = tiny_setup()
     args = TrRaConfig(
         output_dir=output_path + ".out", per_device_train_batch_size=per_device_batch,
         gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=1.0,

@@ -18,10 +18,13 @@ logger = logging.getLogger(__name__)
 def check_same_tokenizer(
     tokenizer: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase, role: str
 ) -> None:
-    """Raise if `other` maps any token to a different id than `tokenizer`: mixed logits would then be meaningless."""
+    """
+    Raise unless every token `tokenizer` (the student's) can produce has the same id in `other`: the rows the loss
+    mixes must mean the same tokens. Tokens only `other` has are extra rows nobody scores (transformers adds, e.g., a
+    class's default unk token to a tokenizer loaded through `AutoTokenizer`), so they are allowed.
+    """
     vocab, other_vocab = tokenizer.get_vocab(), other.get_vocab()
     differing = [t for t in vocab if other_vocab.get(t) != vocab[t]]
-    differing += [t for t in other_vocab if t not in vocab]
     if differing:
         examples = ", ".join(f"{t!r}: {vocab.get(t)} vs {other_vocab.get(t)}" for t in differing[:5])
         raise ValueError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -23,6 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl.models import prepare_deepspeed
 from trl.models.utils import _ForwardRedirection  # private: pinned by trl<1.17 in pyproject.toml
+from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
 from ..losses import TeacherHead, streamed_realign_divergence
 from ..modeling.checks import check_linear_output_head, check_tokenizer_of, check_vocab_rows
@@ -31,10 +33,17 @@ from ..modeling.model_parts import decoder_of, is_peft_model, unwrap_peft
 
 logger = logging.getLogger(__name__)
 
-_BACKBONE_KEYS = ("input_ids", "attention_mask", "position_ids")
+# What the backbone reads, including what TRL's padding-free collator emits for packed documents: flash-attention
+# kernels take the boundaries from `cu_seq_lens_*` / `max_length_*`, hybrid (state-space) layers from `seq_idx`
+_BACKBONE_KEYS = (
+    "input_ids", "attention_mask", "position_ids",
+    "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
+)  # fmt: skip
 # Stateless: reroutes a call through a wrapper's forward (DDP/DeepSpeed hooks see one forward per model)
 redirect_forward = _ForwardRedirection()
 
+# The frozen copy of a PEFT student's starting adapter that serves as reference A (DPOTrainer keeps one as "ref")
+REF_ADAPTER = "realign_ref"
 # Order of the statistics `realign_loss` returns (sums over this process's micro-batch)
 STAT_NAMES = ("num_tokens", "divergence", "student_entropy", "teacher_entropy", "num_sequences")
 
@@ -45,8 +54,8 @@ class RealignLossOptions:
 
     realign_lambda: float
     vocab_size: int
-    divergence: str = "reverse_kl"
-    beta: float = 0.5
+    divergence: str | None = None  # resolved as `losses.resolve_divergence` does: beta alone may select it
+    beta: float | None = None
     temperature: float = 1.0
     token_chunk_size: int = 256
     vocab_chunk_size: int | None = None
@@ -72,7 +81,10 @@ def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
 
     `aligned_model` defaults to `args.aligned_model_name_or_path` (required). `ref_model` defaults to
     `args.ref_model_name_or_path`, else to the student's starting weights: the student's own name, a frozen deep copy,
-    or, for a PEFT student, `None` (A is then the student's network with its adapter off).
+    or, for a PEFT student, `None`: A is then the student's own network as it starts, with no second copy of the base.
+    A fresh adapter (`peft_config`) starts as the identity, so A is the network with adapters off; a PEFT student that
+    already carries a trained adapter gets, as in `DPOTrainer`, a frozen copy of that adapter ([`REF_ADAPTER`]), so
+    that A is the starting policy and not the bare base.
 
     Returns:
         `(ref_model, aligned_model)`: each a name, a model, or (`ref_model` only) `None`.
@@ -99,9 +111,36 @@ def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
             ref_model = model.config._name_or_path
         else:
             ref_model = copy.deepcopy(model)
+    elif ref_model is None and is_peft_model(model) and peft_config is None:
+        _add_reference_adapter(model)
     elif ref_model is not None and peft_student:
         logger.info("A PEFT student was given together with `ref_model`: the given reference is used.")
     return ref_model, aligned_model
+
+
+def _add_reference_adapter(model) -> None:
+    # As DPOTrainer does: a second adapter with the active one's config and weights, never trained
+    active = model.active_adapter
+    if REF_ADAPTER in model.peft_config:
+        raise ValueError(
+            f"The PEFT student already has an adapter named {REF_ADAPTER!r}, the name of the frozen reference copy "
+            "this trainer adds; rename or delete it."
+        )
+    model.add_adapter(REF_ADAPTER, model.peft_config[active])
+    marker, ref_marker = f".{active}.", f".{REF_ADAPTER}."
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if marker in name:
+                model.get_parameter(name.replace(marker, ref_marker)).copy_(param)
+    model.set_adapter(active)
+    for name, param in model.named_parameters():
+        if ref_marker in name:
+            param.requires_grad_(False)
+
+
+def reference_adapter_of(student) -> str | None:
+    """The adapter that is A for a PEFT student without `ref_model`: [`REF_ADAPTER`] if added, else `None` (all off)."""
+    return REF_ADAPTER if REF_ADAPTER in getattr(student, "peft_config", {}) else None
 
 
 def load_teacher(model: str | PreTrainedModel, role: str, args) -> PreTrainedModel:
@@ -152,6 +191,10 @@ class RealignTeachersMixin:
         check_realign_models(
             self.model, {"aligned model": aligned_model, "reference model": ref_model}, tokenizer, vocab_size
         )
+        if getattr(self.args, "disable_dropout", False):
+            for model in (self.model, aligned_model, ref_model):
+                if model is not None:
+                    disable_dropout_in_model(model)
         self.aligned_model = self._prepare_teacher(aligned_model)
         self.ref_model = self._prepare_teacher(ref_model) if ref_model is not None else None
 
@@ -162,7 +205,8 @@ class RealignTeachersMixin:
         return self.accelerator.prepare_model(model, evaluation_mode=True)
 
     def _realign_teachers(self) -> RealignTeachers:
-        return RealignTeachers(self.aligned_model, self.ref_model, self.accelerator.unwrap_model)
+        ref_adapter = reference_adapter_of(self.accelerator.unwrap_model(self.model)) if self.ref_model is None else None
+        return RealignTeachers(self.aligned_model, self.ref_model, self.accelerator.unwrap_model, ref_adapter)
 
 
 # ---------------------------------------------------------------------------------------------------------- the loss
@@ -186,6 +230,18 @@ def scored_mask(inputs) -> torch.Tensor:
     )
 
 
+@contextmanager
+def _eval_mode(model):
+    """Evaluation mode (no dropout) for a teacher forward, then every module's own mode back (the student's too)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _hidden_states(model, backbone_inputs, mask):
     hidden = decoder_of(model)(**backbone_inputs, use_cache=False).last_hidden_state
     return hidden[:, :-1][mask]
@@ -193,11 +249,12 @@ def _hidden_states(model, backbone_inputs, mask):
 
 def _teacher_head(teacher, unwrap, backbone_inputs, mask, coef: float) -> TeacherHead:
     unwrapped = unwrap(teacher)
-    # Through the teacher's own wrapper, so ZeRO-3 gathers its sharded layers for the forward
-    if unwrapped is not teacher:
-        hidden = redirect_forward(teacher, unwrapped, _hidden_states, unwrapped, backbone_inputs, mask)
-    else:
-        hidden = _hidden_states(unwrapped, backbone_inputs, mask)
+    with _eval_mode(unwrapped):
+        # Through the teacher's own wrapper, so ZeRO-3 gathers its sharded layers for the forward
+        if unwrapped is not teacher:
+            hidden = redirect_forward(teacher, unwrapped, _hidden_states, unwrapped, backbone_inputs, mask)
+        else:
+            hidden = _hidden_states(unwrapped, backbone_inputs, mask)
     head = unwrapped.get_output_embeddings()
     return TeacherHead(hidden, head.weight, head.bias, coef)
 
@@ -214,8 +271,8 @@ def realign_loss(
     Args:
         student: the unwrapped student (a transformers model or a PEFT wrapper).
         teachers ([`RealignTeachers`]): B and A.
-        inputs: `input_ids` (and optionally `attention_mask`, `position_ids`), with `labels` or `completion_mask`
-            (see [`scored_mask`]).
+        inputs: `input_ids` (and optionally `attention_mask`, `position_ids`, and the padding-free keys
+            `cu_seq_lens_q/k`, `max_length_q/k`, `seq_idx`), with `labels` or `completion_mask` (see [`scored_mask`]).
         num_items_in_batch: the normaliser, or `None`.
         options ([`RealignLossOptions`]).
 
@@ -237,11 +294,12 @@ def realign_loss(
             if teachers.ref is not None:
                 heads.append(_teacher_head(teachers.ref, teachers.unwrap, backbone_inputs, mask, 1.0 - lam))
             else:
-                # PEFT student: the reference is the same network with its adapter switched off
-                with student.disable_adapter():
+                # PEFT student: A is the same network under its reference adapter (or none). The head is read inside:
+                # with `lm_head` in `modules_to_save`, outside it is the trained copy
+                with use_adapter(student, teachers.ref_adapter), _eval_mode(student):
                     hidden = _hidden_states(student, backbone_inputs, mask)
-                head = student.get_output_embeddings()
-                heads.append(TeacherHead(hidden, head.weight, head.bias, 1.0 - lam))
+                    head = student.get_output_embeddings()
+                    heads.append(TeacherHead(hidden, head.weight, head.bias, 1.0 - lam))
 
     head = student.get_output_embeddings()
     out = streamed_realign_divergence(
@@ -267,10 +325,18 @@ def realign_loss(
             out.divergence.sum(),
             out.student_entropy.sum(),
             out.teacher_entropy.sum(),
-            torch.tensor(float(mask.shape[0]), device=mask.device),
+            _num_sequences(inputs, mask),
         ]
     ).to(loss.device)
     return loss, stats
+
+
+def _num_sequences(inputs, mask) -> torch.Tensor:
+    """Rows of the batch; for a padding-free batch (several documents flattened in a row), the scored documents."""
+    if "seq_idx" in inputs:
+        # Position t is scored for token t+1, which belongs to document seq_idx[t+1]
+        return torch.unique(inputs["seq_idx"][:, 1:][mask]).numel() + mask.new_zeros((), dtype=torch.float32)
+    return torch.tensor(float(mask.shape[0]), device=mask.device)
 
 
 def realign_metrics(stats: torch.Tensor) -> dict[str, float]:

@@ -4,9 +4,7 @@ from typing import Any
 
 from trl import SFTConfig
 
-from ..losses import DIVERGENCES
-
-
+from ..losses import DIVERGENCES, resolve_divergence
 
 
 @dataclass
@@ -22,13 +20,15 @@ class TrRaConfig(SFTConfig):
         realign_lambda (`float`, *optional*, defaults to `1.5`):
             λ, the alignment strength of the teacher. `0` is the reference A, `1` the aligned model B, `λ>1`
             extrapolates beyond B and `λ<0` moves away from B. Any finite value. `1.5` is the paper's released recipe.
-        divergence (`str`, *optional*, defaults to `"reverse_kl"`):
+        divergence (`str`, *optional*):
             Token-level divergence between student and teacher: `"reverse_kl"` is KL(student ‖ teacher), the paper's
-            Eq. 6; `"forward_kl"` is KL(teacher ‖ student); `"jsd"` is the generalised Jensen–Shannon divergence with
-            weight `beta`.
-        beta (`float`, *optional*, defaults to `0.5`):
-            Weight of the generalised JSD (TRL's GKD convention: `0` is forward KL, `1` reverse KL). Only read when
-            `divergence="jsd"`.
+            Eq. 6 and the default; `"forward_kl"` is KL(teacher ‖ student); `"jsd"` is the generalised Jensen–Shannon
+            divergence with weight `beta` (0.5 unless set).
+        beta (`float`, *optional*):
+            As in TRL's `DistillationConfig`, `beta` alone selects the divergence: `0` forward KL, `1` reverse KL, in
+            between the generalised JSD with that weight. Set either knob, or `divergence="jsd"` with a `beta`; a pair
+            that disagrees (e.g. `divergence="reverse_kl", beta=0.5`) is an error. After `__post_init__` both hold
+            the resolved values.
         temperature (`float`, *optional*, defaults to `1.0`):
             Both the student's and the teacher's logits are divided by it before the softmax.
         loss_token_chunk_size (`int`, *optional*, defaults to `256`):
@@ -45,17 +45,26 @@ class TrRaConfig(SFTConfig):
         teacher_model_init_kwargs (`dict[str, Any]`, *optional*):
             Keyword arguments for `AutoModelForCausalLM.from_pretrained` when a teacher is given by name or path.
             Defaults to `model_init_kwargs`.
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Zero every dropout layer of the student and the teachers, as TRL's DPO and distillation trainers can.
+            Whatever its value, teacher forwards (a PEFT student's reference forward included) run in eval mode.
     """
 
     realign_lambda: float = field(
         default=1.5,
         metadata={"help": "λ: teacher = softmax(λ·z_aligned + (1−λ)·z_ref). λ>1 extrapolates, λ<0 moves away."},
     )
-    divergence: str = field(
-        default="reverse_kl",
-        metadata={"help": "Token-level divergence.", "choices": list(DIVERGENCES)},
+    divergence: str | None = field(
+        default=None,
+        metadata={
+            "help": "Token-level divergence (default reverse_kl, or what beta selects).",
+            "choices": list(DIVERGENCES),
+        },
     )
-    beta: float = field(default=0.5, metadata={"help": "Generalised JSD weight (divergence='jsd' only)."})
+    beta: float | None = field(
+        default=None,
+        metadata={"help": "As in TRL's distillation: 0 forward KL, 1 reverse KL, in between the JSD weight."},
+    )
     temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of student and teacher."})
     loss_token_chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk of the streamed loss."})
     loss_vocab_chunk_size: int | None = field(
@@ -71,6 +80,10 @@ class TrRaConfig(SFTConfig):
         default=None, metadata={"help": "from_pretrained kwargs for the teachers (defaults to model_init_kwargs)."}
     )
 
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Zero the dropout of the student and the teachers."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
         # The CLI passes numbers as strings; the checks below must see floats.
@@ -80,10 +93,7 @@ class TrRaConfig(SFTConfig):
                 f"`realign_lambda` must be a finite number, got {self.realign_lambda}. "
                 "Pass a float such as 0.5, 2.0 or -0.5."
             )
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(f"Unknown `divergence={self.divergence!r}`; choose one of {list(DIVERGENCES)}.")
-        if self.divergence == "jsd" and not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"`beta` must lie in [0, 1] for divergence='jsd', got {self.beta}.")
+        self.divergence, self.beta = resolve_divergence(self.divergence, self.beta)
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"`temperature` must be a positive finite number, got {self.temperature}.")
         if self.loss_token_chunk_size < 1 or (self.loss_vocab_chunk_size is not None and self.loss_vocab_chunk_size < 1):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import logging
 import os
 
+import torch
 from transformers import PreTrainedModel
 
 from .trra_config import TrRaConfig
@@ -63,4 +65,19 @@ def train_trra_iterations(
         trainer.accelerator.wait_for_everyone()
         outputs.append(output_dir)
         aligned_model = output_dir
+        _release(trainer)
+        # Nothing of iteration k may live while k+1 is built, or the peak doubles from iteration 2 on
+        del trainer, student
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return outputs
+
+
+def _release(trainer) -> None:
+    """Drop the references a finished trainer's accelerator and callbacks hold (models, optimizer, scheduler)."""
+    trainer.accelerator.free_memory()
+    handler = trainer.callback_handler
+    handler.model = handler.optimizer = handler.lr_scheduler = handler.train_dataloader = None
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    trainer.aligned_model = trainer.ref_model = None

@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedModel
 from trl import SFTTrainer
 
+from .paper import REALIGN_PAPER
 from .realign_teachers import (
     RealignLossOptions,
     RealignTeachersMixin,
@@ -33,36 +34,46 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
         model (`str` or `PreTrainedModel` or `PeftModel`):
             The student, usually the reference model A itself. A hub id or path is loaded with
             `args.model_init_kwargs`.
-        ref_model (`str` or `PreTrainedModel`, *optional*):
-            The reference model A. Defaults to `args.ref_model_name_or_path`, else to a frozen copy of the student's
-            starting weights; with a PEFT student, to the student with its adapter disabled (no second copy).
         aligned_model (`str` or `PreTrainedModel`, *optional*):
-            The aligned model B. Defaults to `args.aligned_model_name_or_path`; one of the two is required.
+            The aligned model B (the teacher of TRL's distillation trainers, in the same place). Defaults to
+            `args.aligned_model_name_or_path`; one of the two is required.
         args ([`TrRaConfig`], *optional*):
             Configuration; every [`~trl.SFTConfig`] field applies.
         train_dataset, eval_dataset, processing_class, peft_config, **kwargs:
             As in [`~trl.SFTTrainer`] (prompt/completion and conversational datasets).
+        ref_model (`str` or `PreTrainedModel`, *optional*, keyword only):
+            The reference model A. Defaults to `args.ref_model_name_or_path`, else to a frozen copy of the student's
+            starting weights. A PEFT student is its own reference, with no second copy of the base: with a new
+            adapter (`peft_config`), the network with adapters off; with an adapter it already carries, a frozen copy
+            of that adapter (its starting policy, as in `DPOTrainer`).
     """
 
     _tag_names = ["trl", "trl-realign", "trra"]
+    _name = "TrRa"
+    _paper = REALIGN_PAPER
 
     def __init__(
         self,
         model: str | PreTrainedModel,
-        ref_model: str | PreTrainedModel | None = None,
         aligned_model: str | PreTrainedModel | None = None,
         args: TrRaConfig | None = None,
         train_dataset=None,
         eval_dataset=None,
         processing_class=None,
         peft_config=None,
+        *,
+        ref_model: str | PreTrainedModel | None = None,
         **kwargs,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path or "model"
             args = TrRaConfig(f"{name.split('/')[-1]}-TrRa")
         elif not isinstance(args, TrRaConfig):
-            raise TypeError(f"`args` must be a `TrRaConfig`, got {type(args).__name__}.")
+            raise TypeError(
+                f"`args` (the third positional argument) must be a `TrRaConfig`, got {type(args).__name__}. The order "
+                "is `TrRaTrainer(model, aligned_model, args, train_dataset, ...)`, as in TRL's distillation trainers; "
+                "pass the reference model A by keyword, `ref_model=`."
+            )
 
         ref_model, aligned_model = resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config)
 
