@@ -1,8 +1,5 @@
 import copy
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from trl_realign import OnPolicyTrRaConfig, OnPolicyTrRaTrainer, naive_realign_d
 from trl_realign.data.tokenizer import build_char_tokenizer
 from trl_realign.testing import tiny_causal_lm
 
+from launching import free_port, run
 from tiny_training import training_kwargs
 
 
@@ -179,7 +177,7 @@ def test_training_leaves_teachers_bitwise_unchanged(tmp_path, tokenizer):
 def test_resume_from_checkpoint_reproduces_uninterrupted_run(tmp_path, tokenizer):
     a, b = models(tokenizer)
     # lmbda=0.5: the per-step choice between sampling and the dataset must also resume identically
-    def run(output, resume=None, max_steps=4):
+    def train(output, resume=None, max_steps=4):
         args = make_args(tmp_path, output_dir=str(tmp_path / output), realign_lambda=2.0, max_steps=max_steps,
                          save_strategy="steps", save_steps=2, lmbda=0.5)  # fmt: skip
         trainer = OnPolicyTrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=args,
@@ -187,8 +185,8 @@ def test_resume_from_checkpoint_reproduces_uninterrupted_run(tmp_path, tokenizer
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
-    full = run("full")
-    resumed = run("resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    full = train("full")
+    resumed = train("resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
     assert {h["on_policy"] for h in full.state.log_history[:-1]} == {0.0, 1.0}
     # The resumed run's history starts with the checkpoint's two steps
     assert [h["loss"] for h in resumed.state.log_history[:-1]] == [h["loss"] for h in full.state.log_history[:-1]]
@@ -196,20 +194,11 @@ def test_resume_from_checkpoint_reproduces_uninterrupted_run(tmp_path, tokenizer
         assert torch.equal(p, q), name
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_one_step(output: Path, per_device_batch: int, nproc: int, deepspeed: str | None = None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("ACCELERATE_USE_DEEPSPEED", None)
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                                       f"--master_port={free_port()}"]  # fmt: skip
     command = [sys.executable, *launcher, str(SCRIPT), str(output), str(per_device_batch), *([deepspeed] if deepspeed else [])]
-    result = subprocess.run(command, env=env, cwd=output.parent, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run(command, output.parent)  # a hang (a deadlocked collective) fails after its timeout
     return torch.load(output), json.loads(Path(f"{output}.json").read_text())
 
 
