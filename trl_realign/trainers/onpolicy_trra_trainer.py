@@ -40,16 +40,17 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
         model (`str` or `PreTrainedModel` or `PeftModel`):
             The student, usually the reference model A itself. A hub id or path is loaded with
             `args.model_init_kwargs`.
-        ref_model (`str` or `PreTrainedModel`, *optional*):
-            The reference model A. Defaults to `args.ref_model_name_or_path`, else to a frozen copy of the student's
-            starting weights; with a PEFT student, to the student with its adapter disabled (no second copy).
         aligned_model (`str` or `PreTrainedModel`, *optional*):
-            The aligned model B. Defaults to `args.aligned_model_name_or_path`; one of the two is required.
+            The aligned model B (in the place of TRL's `teacher_model`). Defaults to `args.aligned_model_name_or_path`;
+            one of the two is required.
         args ([`OnPolicyTrRaConfig`], *optional*):
             Configuration; every [`~trl.DistillationConfig`] field applies.
         train_dataset, eval_dataset, processing_class, callbacks, optimizers, peft_config, tools:
             As in [`~trl.DistillationTrainer`]: the datasets need a `"prompt"` column (and `"completion"` when
             `args.lmbda < 1`).
+        ref_model (`str` or `PreTrainedModel`, *optional*, keyword only, as in [`TrRaTrainer`]):
+            The reference model A. Defaults to `args.ref_model_name_or_path`, else to the student's starting policy:
+            a frozen copy, or for a PEFT student the student itself without a second copy of the base.
     """
 
     _tag_names = ["trl", "trl-realign", "trra", "on-policy"]
@@ -59,7 +60,6 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
     def __init__(
         self,
         model: str | PreTrainedModel,
-        ref_model: str | PreTrainedModel | None = None,
         aligned_model: str | PreTrainedModel | None = None,
         args: OnPolicyTrRaConfig | None = None,
         train_dataset=None,
@@ -69,6 +69,8 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
         optimizers=(None, None),
         peft_config=None,
         tools=None,
+        *,
+        ref_model: str | PreTrainedModel | None = None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path or "model"
