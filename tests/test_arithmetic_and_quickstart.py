@@ -72,12 +72,15 @@ def test_dataset_styles():
 
 
 def test_quickstart_end_to_end_with_tiny_budgets(tmp_path, capsys):
-    from trl_realign.quickstart import QuickstartSettings, run_quickstart
+    from trl_realign.quickstart import DirectAnswerSettings, QuickstartSettings, run_quickstart
 
+    direct = DirectAnswerSettings(num_train_problems=32, num_test_problems=4, num_digits=4, reference_steps=2,
+                                  aligned_steps=2, offpolicy_steps=1, onpolicy_steps=1, onpolicy_batch_size=4,
+                                  max_completion_length=6, max_new_tokens=8)  # fmt: skip
     settings = QuickstartSettings(
         num_train_problems=64, num_test_problems=6, hidden_size=32, reference_steps=3, aligned_steps=2,
         student_steps=2, adapter_steps=2, batch_size=16, num_samples=1, max_new_tokens=12,
-        inra_lambdas=(-0.5, 0.0, 1.0),
+        inra_lambdas=(-0.5, 0.0, 1.0), direct_answer=direct,
     )
     out = tmp_path / "qs"
     tables = run_quickstart(str(out), lambdas=(0.5, 2.0), seed=0, settings=settings)
@@ -105,8 +108,20 @@ def test_quickstart_end_to_end_with_tiny_budgets(tmp_path, capsys):
         assert (out / name / "lambda_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert re.search(r"A_layer_adapter", str(list((out / "models").iterdir())))
 
+    # The direct-answer stage: off- and on-policy students at each λ, reported from the evaluation's own samples
+    assert "Largest digit, where B answers at once" in printed
+    direct_table = json.loads((out / "direct_answer_table.json").read_text())
+    names = ["A", "off-policy λ=1", "on-policy λ=1", "off-policy λ=2", "on-policy λ=2", "B"]
+    assert [row["name"] for row in direct_table["rows"]] == names
+    samples = [json.loads(line) for line in (out / "eval_direct_answer" / "samples.jsonl").read_text().splitlines()]
+    for row in direct_table["rows"]:
+        mine = [s for s in samples if s["model"] == row["model"]]
+        assert len(mine) == 4 and 0 < row["mean_tokens"] <= 8
+        assert row["mean_tokens"] == pytest.approx(sum(s["num_tokens"] for s in mine) / len(mine))
+        assert row["example"] == mine[0]["completion"] and repr(row["example"]) in printed
+
     # A second run reuses every cached model and gives the same tables
     again = run_quickstart(str(out), lambdas=(0.5, 2.0), seed=0, settings=settings)
-    assert again["trra"] == tables["trra"]
+    assert again["trra"] == tables["trra"] and again["direct_answer"] == tables["direct_answer"]
     with pytest.raises(ValueError, match="other settings"):
         run_quickstart(str(out), lambdas=(0.5,), seed=1, settings=settings)

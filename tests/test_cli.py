@@ -20,8 +20,8 @@ from trl_realign.testing import tiny_causal_lm
 ROOT = Path(__file__).parent.parent
 RECIPES = ROOT / "recipes"
 DATA = Path(__file__).parent / "fixtures" / "data"
-RECIPE_COMMANDS = {"trra": "trra", "inra": "sft", "dpo": "dpo", "sweeps": "sweep", "eval": "eval"}
-PARSED_COMMANDS = ("trra", "sft", "dpo", "expand", "generate", "sweep", "prepare", "eval")
+RECIPE_COMMANDS = {"trra": "trra", "onpolicy": "onpolicy", "inra": "sft", "dpo": "dpo", "sweeps": "sweep", "eval": "eval"}
+PARSED_COMMANDS = ("trra", "onpolicy", "sft", "dpo", "expand", "generate", "sweep", "prepare", "eval")
 
 
 def command_module(name):

@@ -9,7 +9,10 @@ Stages (models are cached on disk under `output_dir/models`, so a second run onl
 4. evaluation of A, B and every student on held-out problems with `trl_realign.evaluate`, printed as the paper's
    Table 1 (accuracy, mean generated tokens, token reduction against A) and saved as `table.json`;
 5. a layer adapter trained on A with B's concise data, then swept with InRa over λ ∈ {−0.5 … 1.5} in one batch
-   (the paper's Figure 4 in miniature), printed and saved as `inra_table.json` with its plot.
+   (the paper's Figure 4 in miniature), printed and saved as `inra_table.json` with its plot;
+6. a second task where B answers at once (the largest digit, `trl_realign.data.digit_max`): A scans the digits, B is
+   A fine-tuned to answer directly, and off-policy `TrRaTrainer` (on A's traces) is compared with on-policy
+   `OnPolicyTrRaTrainer` (on the student's own samples) at λ ∈ {1, 2}, saved as `direct_answer_table.json`.
 
 Models pass between stages through disk: a model that a `Trainer` has trained keeps accelerate's patched `forward`,
 which a `copy.deepcopy` would share with the original.
@@ -21,7 +24,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +37,27 @@ from .testing import tiny_causal_lm
 
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DirectAnswerSettings:
+    """Budgets of the second stage: a task where the aligned model answers at once (`trl_realign.data.digit_max`)."""
+
+    num_train_problems: int = 2000
+    num_test_problems: int = 100
+    num_digits: int = 8
+    reference_steps: int = 200
+    aligned_steps: int = 100
+    offpolicy_steps: int = 80
+    onpolicy_steps: int = 40
+    onpolicy_batch_size: int = 32
+    reference_lr: float = 3e-3
+    aligned_lr: float = 2e-3
+    student_lr: float = 1e-3
+    # On-policy sampling: the student's own distribution (T = 1, also the loss temperature), room for A's whole trace
+    max_completion_length: int = 32
+    max_new_tokens: int = 48
+    lambdas: tuple[float, ...] = field(default=(1.0, 2.0))
 
 
 @dataclass
@@ -59,6 +83,8 @@ class QuickstartSettings:
     max_new_tokens: int = 64
     lambdas: tuple[float, ...] = field(default=(0.5, 1.0, 2.0, 5.0))
     inra_lambdas: tuple[float, ...] = field(default=(-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5))
+    # The second stage; `None` skips it
+    direct_answer: DirectAnswerSettings | None = field(default_factory=DirectAnswerSettings)
 
 
 def _trainer_args(config_cls, output_dir: str, steps: int, lr: float, batch_size: int, seed: int, **extra):
@@ -97,40 +123,43 @@ def _load(path: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def train_reference(path, tokenizer, train_problems, settings: QuickstartSettings, seed: int) -> str:
-    """Model A: trained from scratch to write the columns, answer, then check (the long style)."""
-    model = tiny_causal_lm(
+def train_sft(path, model, dataset, steps: int, lr: float, tokenizer, settings: QuickstartSettings, seed: int) -> str:
+    """`model` fine-tuned on `dataset` with `SFTTrainer`, written to `path`."""
+    args = _trainer_args(SFTConfig, path + ".run", steps, lr, settings.batch_size, seed)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    return _finish(trainer, path, tokenizer)
+
+
+def _new_model(tokenizer, settings: QuickstartSettings, seed: int):
+    return tiny_causal_lm(
         "qwen2", seed=seed, vocab_size=len(tokenizer), hidden_size=settings.hidden_size,
         num_hidden_layers=settings.num_hidden_layers, intermediate_size=4 * settings.hidden_size,
         num_attention_heads=4, num_key_value_heads=4,
     )
-    args = _trainer_args(SFTConfig, path + ".run", settings.reference_steps, settings.reference_lr,
-                         settings.batch_size, seed)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=arithmetic_dataset(train_problems, "long", seed),
-                         processing_class=tokenizer)
-    trainer.train()
-    return _finish(trainer, path, tokenizer)
+
+
+def train_reference(path, tokenizer, train_problems, settings: QuickstartSettings, seed: int) -> str:
+    """Model A: trained from scratch to write the columns, answer, then check (the long style)."""
+    return train_sft(path, _new_model(tokenizer, settings, seed), arithmetic_dataset(train_problems, "long", seed),
+                     settings.reference_steps, settings.reference_lr, tokenizer, settings, seed)
 
 
 def train_aligned(path, reference_path, tokenizer, train_problems, settings: QuickstartSettings, seed: int) -> str:
     """Model B: A fine-tuned on concise solutions (mostly stopping at the answer, sometimes answering at once)."""
-    args = _trainer_args(SFTConfig, path + ".run", settings.aligned_steps, settings.aligned_lr, settings.batch_size,
-                         seed)
-    trainer = SFTTrainer(model=_load(reference_path), args=args,
-                         train_dataset=arithmetic_dataset(train_problems, "aligned", seed), processing_class=tokenizer)
-    trainer.train()
-    return _finish(trainer, path, tokenizer)
+    return train_sft(path, _load(reference_path), arithmetic_dataset(train_problems, "aligned", seed),
+                     settings.aligned_steps, settings.aligned_lr, tokenizer, settings, seed)
 
 
-def train_student(path, reference_path, aligned_path, realign_lambda, tokenizer, train_problems,
+def train_student(path, reference_path, aligned_path, realign_lambda, tokenizer, dataset, steps: int, lr: float,
                   settings: QuickstartSettings, seed: int) -> str:
-    """A TrRa student: A realigned toward the λ-mixture of A and B, on calibration data written in both styles."""
+    """An (off-policy) TrRa student: A realigned toward the λ-mixture of A and B on the completions of `dataset`."""
     from .trainers import TrRaConfig, TrRaTrainer
 
-    args = _trainer_args(TrRaConfig, path + ".run", settings.student_steps, settings.student_lr, settings.batch_size,
-                         seed, realign_lambda=realign_lambda)
+    args = _trainer_args(TrRaConfig, path + ".run", steps, lr, settings.batch_size, seed,
+                         realign_lambda=realign_lambda)
     trainer = TrRaTrainer(model=_load(reference_path), aligned_model=_load(aligned_path), args=args,
-                          train_dataset=arithmetic_dataset(train_problems, "mixed", seed), processing_class=tokenizer)
+                          train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     return _finish(trainer, path, tokenizer)
 
@@ -144,6 +173,24 @@ def train_adapter(path, reference_path, tokenizer, train_problems, settings: Qui
     trainer = LayerAdapterSFTTrainer(model=_load(reference_path), args=args,
                                      train_dataset=arithmetic_dataset(train_problems, "aligned", seed),
                                      processing_class=tokenizer)
+    trainer.train()
+    return _finish(trainer, path, tokenizer)
+
+
+def train_onpolicy_student(path, reference_path, aligned_path, realign_lambda, tokenizer, prompts,
+                           settings: QuickstartSettings, seed: int) -> str:
+    """An on-policy TrRa student: A samples completions for `prompts`, each token is trained toward the λ-mixture."""
+    from .trainers import OnPolicyTrRaConfig, OnPolicyTrRaTrainer
+
+    direct = settings.direct_answer
+    args = OnPolicyTrRaConfig(
+        output_dir=path + ".run", max_steps=direct.onpolicy_steps, learning_rate=direct.student_lr,
+        lr_scheduler_type="constant", per_device_train_batch_size=direct.onpolicy_batch_size, use_cpu=True, bf16=False,
+        gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=max(direct.onpolicy_steps // 4, 1),
+        seed=seed, realign_lambda=realign_lambda, max_completion_length=direct.max_completion_length, temperature=1.0,
+    )
+    trainer = OnPolicyTrRaTrainer(model=_load(reference_path), aligned_model=_load(aligned_path), args=args,
+                                  train_dataset=prompts, processing_class=tokenizer)
     trainer.train()
     return _finish(trainer, path, tokenizer)
 
@@ -172,6 +219,53 @@ def _with_reduction(rows: list[dict], base_tokens: float) -> list[dict]:
     for row in rows:
         row["token_reduction"] = 100.0 * (1 - row["mean_tokens"] / base_tokens) if row.get("name") != "A" else None
     return rows
+
+
+def run_direct_answer_stage(output_dir: str, cached, tokenizer, settings: QuickstartSettings, seed: int) -> list[dict]:
+    """
+    The second stage: the largest-digit task, where B answers at once. Trains A (scans the digits) and B (A fine-tuned
+    to answer directly), then off-policy TrRa students on A's traces and on-policy TrRa students on their own samples
+    at each λ, and evaluates all of them like the first stage. Returns the table's rows; `example` is one completion
+    of each model, as the evaluation sampled it.
+    """
+    from .data.arithmetic import score_answer
+    from .data.digit_max import digit_max_dataset, sample_digit_strings
+    from .evaluation import evaluate
+
+    direct = settings.direct_answer
+    train = sample_digit_strings(direct.num_train_problems, direct.num_digits, seed)
+    test = sample_digit_strings(direct.num_test_problems, direct.num_digits, seed + 1, exclude=set(train))
+    traces = digit_max_dataset(train, "scan")
+    path_a = cached("direct_A", lambda p: train_sft(p, _new_model(tokenizer, settings, seed), traces,
+                                                    direct.reference_steps, direct.reference_lr, tokenizer, settings,
+                                                    seed))  # fmt: skip
+    path_b = cached("direct_B", lambda p: train_sft(p, _load(path_a), digit_max_dataset(train, "direct"),
+                                                    direct.aligned_steps, direct.aligned_lr, tokenizer, settings,
+                                                    seed))  # fmt: skip
+    named = [("A", path_a, 0.0)]
+    prompts = traces.select_columns(["prompt"])
+    for lam in direct.lambdas:
+        off = cached(f"direct_trra_lambda{lam:g}", lambda p, lam=lam: train_student(
+            p, path_a, path_b, lam, tokenizer, traces, direct.offpolicy_steps, direct.student_lr, settings, seed))
+        on = cached(f"direct_onpolicy_trra_lambda{lam:g}", lambda p, lam=lam: train_onpolicy_student(
+            p, path_a, path_b, lam, tokenizer, prompts, settings, seed))
+        named += [(f"off-policy λ={lam:g}", off, lam), (f"on-policy λ={lam:g}", on, lam)]
+    named.append(("B", path_b, 1.0))
+
+    eval_dir = os.path.join(output_dir, "eval_direct_answer")
+    eval_settings = replace(settings, max_new_tokens=direct.max_new_tokens, num_test_problems=direct.num_test_problems)
+    summary = evaluate(
+        _eval_config(eval_dir, [lam for _, _, lam in named], eval_settings, seed),
+        checkpoints=[path for _, path, _ in named], tokenizer=tokenizer, dataset=digit_max_dataset(test, "direct"),
+        scorer=score_answer,
+    )
+    rows = [{"name": name, "path": path, **row} for (name, path, _), row in zip(named, summary)]
+    with open(os.path.join(eval_dir, "samples.jsonl")) as f:
+        samples = [json.loads(line) for line in f]
+    for row in rows:
+        first = next(s for s in samples if s["model"] == row["model"])
+        row["example_prompt"], row["example"] = first["prompt"], first["completion"]
+    return _with_reduction(rows, rows[0]["mean_tokens"])
 
 
 def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0, 5.0), seed: int = 0,
@@ -214,6 +308,8 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
         return train_fn(path)
 
     stages = ["A", "B", *(f"TrRa λ={lam:g}" for lam in settings.lambdas), "evaluation", "adapter", "InRa sweep"]
+    if settings.direct_answer is not None:
+        stages.append("direct-answer task")
     progress = tqdm(total=len(stages), desc="quickstart", unit="stage")
 
     def stage(description):
@@ -231,7 +327,9 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
         stage(f"TrRa student λ={lam:g}")
         students[lam] = cached(
             f"trra_lambda{lam:g}",
-            lambda p, lam=lam: train_student(p, path_a, path_b, lam, tokenizer, train_problems, settings, seed),
+            lambda p, lam=lam: train_student(p, path_a, path_b, lam, tokenizer,
+                                             arithmetic_dataset(train_problems, "mixed", seed), settings.student_steps,
+                                             settings.student_lr, settings, seed),
         )
         progress.update()
 
@@ -260,6 +358,11 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
     base = next((row["mean_tokens"] for row in inra_rows if row["realign_lambda"] == 0.0), rows[0]["mean_tokens"])
     inra_rows = _with_reduction(inra_rows, base)
     progress.update()
+    direct_rows = None
+    if settings.direct_answer is not None:
+        stage("direct-answer task: A, B, off- and on-policy TrRa")
+        direct_rows = run_direct_answer_stage(output_dir, cached, tokenizer, settings, seed)
+        progress.update()
     progress.close()
 
     samples = f"{len(test_problems)} held-out problems, {settings.num_samples} samples each, T={settings.temperature}"
@@ -272,6 +375,21 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
         json.dump({**meta, "rows": rows}, f, indent=2)
     with open(os.path.join(output_dir, "inra_table.json"), "w") as f:
         json.dump({**meta, "rows": inra_rows}, f, indent=2)
-    print(f"Saved {output_dir}/table.json, {output_dir}/inra_table.json and the plots "
-          f"{output_dir}/eval_trra/lambda_sweep.png, {output_dir}/eval_inra/lambda_sweep.png")
-    return {"trra": rows, "inra": inra_rows}
+    tables = {"trra": rows, "inra": inra_rows}
+    if direct_rows is not None:
+        direct = settings.direct_answer
+        test_prompt = direct_rows[0]["example_prompt"]
+        print(f"\nLargest digit, where B answers at once ({direct.num_test_problems} held-out problems, "
+              f"{settings.num_samples} samples each, T={settings.temperature}, at most {direct.max_new_tokens} tokens): "
+              f"off-policy TrRa trains on A's traces, on-policy TrRa on the student's own samples; token reduction "
+              f"against A:\n{format_table(direct_rows)}\n\nWhat each model wrote for {test_prompt!r} (finished: the share "
+              f"of all its samples that stopped before the token limit):")
+        for row in direct_rows:
+            print(f"  {row['name']:<20}{row['example']!r}  (finished {100 * row['finished_rate']:.0f}%)")
+        with open(os.path.join(output_dir, "direct_answer_table.json"), "w") as f:
+            json.dump({**meta, "rows": direct_rows}, f, indent=2)
+        tables["direct_answer"] = direct_rows
+    print(f"Saved {output_dir}/table.json, {output_dir}/inra_table.json"
+          f"{', ' + output_dir + '/direct_answer_table.json' if direct_rows is not None else ''} and the plots "
+          f"under {output_dir}/eval_*/lambda_sweep.png")
+    return tables

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedModel
-
-from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
-from .layer_adapter_reference import AdapterBypassedModel
+from .layer_adapter_realign import LayerAdapterRealignMixin
 from .layer_adapter_saving import LayerAdapterSavingMixin
 from .layer_adapter_trra_config import LayerAdapterTrRaConfig
 from .paper import REALIGN_PAPER
 from .trra_trainer import TrRaTrainer
 
 
-class LayerAdapterTrRaTrainer(LayerAdapterSavingMixin, TrRaTrainer):
+class LayerAdapterTrRaTrainer(LayerAdapterRealignMixin, LayerAdapterSavingMixin, TrRaTrainer):
     r"""
     Trainer for training-time realignment of the layer adapter: the TrRa loss, with every original layer frozen.
 
@@ -36,36 +33,5 @@ class LayerAdapterTrRaTrainer(LayerAdapterSavingMixin, TrRaTrainer):
     _tag_names = ["trl", "trl-realign", "trra", "layer-adapter"]
     _name = "Layer-adapter TrRa"
     _paper = REALIGN_PAPER
-
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        aligned_model: str | PreTrainedModel | None = None,
-        args: LayerAdapterTrRaConfig | None = None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        peft_config=None,
-        **kwargs,
-    ):
-        args = resolve_adapter_args(model, args, LayerAdapterTrRaConfig, "LayerAdapter-TrRa", kwargs)
-        model, peft_config = prepare_layer_adapter_model(model, args, peft_config)
-        self._adapter_reference = AdapterBypassedModel(model)
-        super().__init__(
-            model,
-            ref_model=self._adapter_reference,
-            aligned_model=aligned_model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            peft_config=peft_config,
-            **kwargs,
-        )
-        log_adapter_setup(self.model)
-
-    def _prepare_teacher(self, model):
-        # The reference shares the student's weights, which the student's own wrapper already places and shards
-        if model is self._adapter_reference:
-            return model
-        return super()._prepare_teacher(model)
+    _adapter_config_class = LayerAdapterTrRaConfig
+    _adapter_run_suffix = "LayerAdapter-TrRa"

@@ -1,0 +1,61 @@
+"""`trl-realign onpolicy`: on-policy TrRa (the student samples, the fused two-model teacher scores) from a recipe."""
+
+from __future__ import annotations
+
+
+def make_parser(subparsers=None, prog: str | None = None):
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    from ..data.prepare import DatasetPreparationArguments
+    from ..trainers import OnPolicyTrRaConfig
+    from .launch import LAUNCHER_EPILOG
+
+    dataclass_types = (ScriptArguments, OnPolicyTrRaConfig, ModelConfig, DatasetPreparationArguments)
+    if subparsers is not None:
+        return subparsers.add_parser("onpolicy", help="On-policy TrRa", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types, prog=prog, description=__doc__, epilog=LAUNCHER_EPILOG)
+
+
+def check(script_args, training_args, model_args, preparation_args) -> None:
+    from .parsing import check_dataset_arg, check_model_arg
+
+    check_model_arg(model_args.model_name_or_path, "onpolicy", "the reference model A")
+    if training_args.aligned_model_name_or_path is None:
+        raise ValueError("`trl-realign onpolicy` needs the aligned model B: pass `--aligned_model_name_or_path`.")
+    check_model_arg(training_args.aligned_model_name_or_path, "onpolicy", "the aligned model B")
+    check_dataset_arg(script_args.dataset_name, "onpolicy")
+
+
+def main(script_args, training_args, model_args, preparation_args=None):
+    from transformers import AutoTokenizer
+    from trl import get_peft_config
+
+    from ..data.prepare import DatasetPreparationArguments
+    from ..trainers import OnPolicyTrRaTrainer
+    from .training import load_training_data, set_model_init_kwargs
+
+    set_model_init_kwargs(training_args, model_args)
+    train_dataset, eval_dataset = load_training_data(
+        script_args, preparation_args or DatasetPreparationArguments(), training_args, model_args.model_name_or_path
+    )
+    # TRL's DistillationTrainer pads prompts on the left for generation
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, padding_side="left", truncation_side="left"
+    )
+    trainer = OnPolicyTrRaTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)  # writes the tokenizer too
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+
+
+def run(argv: list[str]) -> None:
+    from .training import run_training_command
+
+    run_training_command("onpolicy", make_parser(prog="trl-realign onpolicy"), argv, check, main)
