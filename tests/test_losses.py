@@ -191,3 +191,14 @@ def test_second_backward_through_the_same_loss_is_refused_clearly():
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="call the loss again"):
         out.loss.backward()
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "jsd"])
+def test_naive_reference_takes_any_leading_shape(divergence):
+    # `[batch, length, vocab]` logits, as a model returns them: the same per-token values as the flattened rows
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 11), torch.randn(2, 3, 11)
+    batched = naive_realign_divergence(student, teacher, divergence=divergence)
+    rows = naive_realign_divergence(student.reshape(6, 11), teacher.reshape(6, 11), divergence=divergence)
+    assert batched.shape == (2, 3)
+    torch.testing.assert_close(batched.reshape(6), rows, rtol=0, atol=0)

@@ -428,6 +428,8 @@ def naive_realign_divergence(
     reference for tests and benchmarks: it materialises everything, and autograd differentiates it.
     """
     _, beta = resolve_divergence(divergence, beta)
-    log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return _token_terms(log_ps, log_pt, log_ps.exp(), log_pt.exp(), beta)[0]
+    # The row-wise terms work on `[rows, vocab]`: flatten the leading dimensions and restore them after
+    leading, vocab = student_logits.shape[:-1], student_logits.shape[-1]
+    log_ps = F.log_softmax(student_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    log_pt = F.log_softmax(teacher_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    return _token_terms(log_ps, log_pt, log_ps.exp(), log_pt.exp(), beta)[0].reshape(leading)
