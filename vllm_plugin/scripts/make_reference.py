@@ -18,6 +18,7 @@ import os
 import shutil
 
 import torch
+import transformers
 
 from trl_realign.data.tokenizer import build_char_tokenizer
 from trl_realign.modeling.adapter import MARKER, add_layer_adapter
@@ -85,6 +86,7 @@ def build_family(out_dir: str, family: str, overrides: dict, num_adapters: int, 
     base.generation_config.eos_token_id = None
     expanded = perturbed_expansion(base, num_adapters)
     inra = InRaForCausalLM.from_model(expanded)
+    shutil.rmtree(os.path.join(out_dir, family), ignore_errors=True)  # a stale build of an older version
     paths = {name: os.path.join(out_dir, family, name) for name in ("base", "inra", "plain")}
     base.save_pretrained(paths["base"])
     inra.save_pretrained(paths["inra"], save_adapter=False)
@@ -122,6 +124,7 @@ def main() -> None:
                 print(reference_file)
                 return
     torch.set_num_threads(1)
+    transformers.utils.logging.disable_progress_bar()
     tokenizer = build_char_tokenizer()
     reference = {"stamp": stamp, "version": VERSION, "lambdas": list(LAMBDAS), "new_tokens": NEW_TOKENS,
                  "families": {}}

@@ -57,13 +57,13 @@ def expected_tokens(reference: dict, family: str) -> list[list[int]]:
     return [tokens[str(lam)][i] for lam, i in requests_of(reference, family)]
 
 
-def greedy_params(lam=None, n: int = 1, max_tokens: int | None = None, new_tokens: int = 24):
+def greedy_params(lam=None, n: int = 1, new_tokens: int = 24):
     from vllm import SamplingParams
 
     extra_args = None if lam is None else {"realign_lambda": lam}
-    return SamplingParams(
-        temperature=0.0, n=n, max_tokens=max_tokens or new_tokens, ignore_eos=True, extra_args=extra_args
-    )
+    # vLLM refuses n > 1 with temperature 0; sampling from the top-1 token is greedy decoding all the same
+    sampling = dict(temperature=0.0) if n == 1 else dict(temperature=1.0, top_k=1)
+    return SamplingParams(n=n, max_tokens=new_tokens, ignore_eos=True, extra_args=extra_args, **sampling)
 
 
 class Engine:

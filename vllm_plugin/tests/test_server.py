@@ -120,3 +120,15 @@ def test_bad_lambda_gets_400_and_server_keeps_serving(server, reference, xargs, 
     status, answer = completion(base, spec, spec["prompts"][0], reference["new_tokens"], {"realign_lambda": 1.5})
     assert status == 200
     assert answer["choices"][0]["token_ids"] == reference["families"][FAMILY]["tokens"]["1.5"][0]
+
+
+def test_client_example_sends_two_lambdas(server):
+    base, spec = server
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "vllm_inra_client.py")
+    result = subprocess.run(
+        [sys.executable, example, "--base-url", base + "/v1", "--model", spec["paths"]["inra"], "--max-tokens", "8"],
+        capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["λ=0", "λ=1"], result.stdout
