@@ -80,7 +80,7 @@ def time_hf_inra(path: str, batch: int, repeats: int) -> float:
         do_sample=False, realign_lambda=REALIGN_LAMBDA,
     )
     with torch.no_grad():
-        model.generate(input_ids[:1], **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        model.generate(input_ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
