@@ -2,7 +2,7 @@
 # The project's test command (README, .ci/run). Three stages, each in a fresh virtual environment:
 #   main  constraints.txt (the upper end of every supported range): the whole suite
 #   low   constraints-low.txt (the lower end): the tests that touch transformers/TRL internals
-#   vllm  the vLLM plugin's tests in their own environment (added with the plugin)
+#   vllm  the vLLM plugin's tests in their own environment (vllm_plugin/scripts/run_tests.sh)
 # Needs only Python 3.11 with pip and venv, and the local CPU torch wheel. Locally:
 #   SKIP_STAGES="low vllm" scripts/test.sh      # skip stages
 #   REUSE_VENVS=1 scripts/test.sh               # keep the environments of an earlier run instead of recreating them
@@ -68,14 +68,16 @@ if ! skipped low; then
 fi
 
 # ---- stage vllm --------------------------------------------------------------------------------------------------
-# The vLLM plugin's tests, in their own environment (vLLM pins its own transformers), by the plugin's script.
+# The vLLM plugin's tests, in their own environment (vLLM pins its own transformers), by the plugin's script. The
+# reference tokens come from the main stage's environment (trl-realign with its transformers).
 if ! skipped vllm; then
-    if [[ -e vllm_plugin/scripts/run_tests.sh ]]; then
-        start=$SECONDS
-        # The reference tokens come from the main stage's environment (trl-realign and its transformers)
-        MAIN_PYTHON="$MAIN_VENV/bin/python" bash vllm_plugin/scripts/run_tests.sh
-        stage_done vllm $start
-    else
-        echo "== stage vllm: no vllm_plugin/scripts/run_tests.sh in this checkout yet"
+    start=$SECONDS
+    main_python=${MAIN_PYTHON:-$MAIN_VENV/bin/python}
+    if [[ ! -x "$main_python" ]]; then
+        echo "scripts/test.sh: stage vllm needs the main stage's environment ($main_python); run stage main first" \
+            "or set MAIN_PYTHON to an interpreter with trl-realign installed" >&2
+        exit 1
     fi
+    MAIN_PYTHON="$main_python" bash vllm_plugin/scripts/run_tests.sh
+    stage_done vllm $start
 fi
