@@ -316,6 +316,22 @@ def test_vllm_backend_refuses_what_it_cannot_serve(tmp_path, tokenizer, checkpoi
                              vllm_base_url=url))  # fmt: skip
 
 
+def test_eval_cli_runs_on_a_started_server(tmp_path, checkpoints, capsys):
+    from trl_realign.cli.eval import run
+
+    output_dir = str(tmp_path / "cli")
+    run(["--checkpoints", checkpoints["plain"], "--realign_lambdas", "2.0", "--dataset_name", ARITHMETIC,
+         "--prompt_column", "question", "--prompt_template", "{prompt}", "--use_chat_template", "false",
+         "--max_new_tokens", "4", "--num_samples", "2", "--scorer", "exact_match", "--disable_tqdm", "true",
+         "--backend", "vllm", "--vllm_python", fake_python(tmp_path), "--output_dir", output_dir,
+         "--vllm_server_args", "--max-model-len 64 --enforce-eager"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "λ=2.0" in printed and f"written to {output_dir}" in printed
+    (row,) = json.load(open(os.path.join(output_dir, "summary.json")))
+    assert (row["model"], row["num_samples"]) == (checkpoints["plain"], 6)
+    assert '"--max-model-len", "64", "--enforce-eager"' in open(os.path.join(output_dir, "vllm_server_0.log")).readline()
+
+
 def test_eval_cli_parses_the_vllm_options(tmp_path):
     from trl_realign.cli.eval import make_parser
 
