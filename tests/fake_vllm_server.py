@@ -68,6 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
         if not isinstance(lam, (int, float)):  # without the plugin, vLLM ignores vllm_xargs
             lam = None
+        if self.server.hook is not None and (reply := self.server.hook(body)) is not None:
+            return self._reply(*reply)
         if self.server.fail_with is not None:
             status, message = self.server.fail_with
             return self._reply(status, {"error": {"message": message, "type": "BadRequestError", "code": status}})
@@ -85,9 +87,11 @@ class _HTTPServer(ThreadingHTTPServer):
 class FakeVLLMServer:
     """The fake server on 127.0.0.1 in a background thread; `requests` holds the JSON bodies it received."""
 
-    def __init__(self, model: str = "fake-model", plugin: bool = True, fail_with: tuple[int, str] | None = None):
+    def __init__(self, model: str = "fake-model", plugin: bool = True, fail_with: tuple[int, str] | None = None,
+                 hook=None):  # fmt: skip
+        """`hook(body)` may answer a completion request itself with `(status, payload)` (or None: the usual answer)."""
         self.httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.model, self.httpd.plugin, self.httpd.fail_with = model, plugin, fail_with
+        self.httpd.model, self.httpd.plugin, self.httpd.fail_with, self.httpd.hook = model, plugin, fail_with, hook
         self.httpd.requests, self.httpd.lock, self.httpd.echo = [], threading.Lock(), False
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -117,7 +121,7 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     print(f"fake vLLM server for {args.model}, extra args {json.dumps(rest)}", flush=True)
     httpd = _HTTPServer((args.host, args.port), _Handler)
-    httpd.model, httpd.plugin, httpd.fail_with = args.model, "--no-plugin" not in rest, None
+    httpd.model, httpd.plugin, httpd.fail_with, httpd.hook = args.model, "--no-plugin" not in rest, None, None
     httpd.requests, httpd.lock, httpd.echo = [], threading.Lock(), True
     httpd.serve_forever()
 

@@ -4,6 +4,7 @@ import json
 import os
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -122,6 +123,24 @@ def test_a_refused_request_is_a_clear_error(tokenizer):
         with pytest.raises(ValueError, match="`realign_lambda` must be finite"):
             backend(["1+1="], [float("inf")], SamplingSettings(max_new_tokens=2), 1)
     assert server.requests == []
+
+
+def test_a_failed_request_is_raised_without_waiting_for_the_others(tokenizer):
+    release = threading.Event()
+
+    def hook(body):
+        if body["vllm_xargs"]["realign_lambda"] == 1.0:
+            release.wait(60)  # a long generation still running
+            return None
+        return 400, {"error": {"message": "prompt too long", "code": 400}}
+
+    with FakeVLLMServer(hook=hook) as server:
+        backend = VLLMBackend(server.base_url, "fake-model", tokenizer, [EOS], max_concurrency=2)
+        start = time.monotonic()
+        with pytest.raises(VLLMRequestError, match="Prompt 1 at λ=0.0: .*prompt too long"):
+            backend(["1+1=", "2+2="], [1.0, 0.0], SamplingSettings(max_new_tokens=2), 1)
+        assert time.monotonic() - start < 30
+        release.set()
 
 
 def test_backend_refuses_what_it_cannot_do(tokenizer):

@@ -191,21 +191,24 @@ class VLLMBackend:
             for k, ids in enumerate(prompt_ids)
         ]
         results: list[list[Completion] | None] = [None] * len(bodies)
-        with httpx.Client(timeout=self.timeout) as client, ThreadPoolExecutor(self.max_concurrency) as pool:
-            futures = {pool.submit(_send, client, "POST", url, json=body): k for k, body in enumerate(bodies)}
-            try:
-                for future in as_completed(futures):
-                    k = futures[future]
-                    try:
-                        answer = future.result()
-                    except VLLMRequestError as exc:
-                        lam = "" if realign_lambdas is None else f" at λ={realign_lambdas[k]}"
-                        raise VLLMRequestError(f"Prompt {k}{lam}: {exc}") from exc
-                    results[k] = parse_completions(answer, num_samples, self.eos_token_ids, self.tokenizer)
-                    if self.progress is not None:
-                        self.progress.update(1)
-            except BaseException:
-                for future in futures:  # the requests not yet sent are dropped; those in flight finish
-                    future.cancel()
-                raise
+        client, pool = httpx.Client(timeout=self.timeout), ThreadPoolExecutor(self.max_concurrency)
+        futures = {pool.submit(_send, client, "POST", url, json=body): k for k, body in enumerate(bodies)}
+        try:
+            for future in as_completed(futures):
+                k = futures[future]
+                try:
+                    answer = future.result()
+                except VLLMRequestError as exc:
+                    lam = "" if realign_lambdas is None else f" at λ={realign_lambdas[k]}"
+                    raise VLLMRequestError(f"Prompt {k}{lam}: {exc}") from exc
+                results[k] = parse_completions(answer, num_samples, self.eos_token_ids, self.tokenizer)
+                if self.progress is not None:
+                    self.progress.update(1)
+        except BaseException:
+            # Raise now: requests not yet sent are dropped, and those in flight are not waited for (they end when
+            # their answer comes, or when a server started for the sweep is stopped)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        client.close()
         return results
