@@ -186,6 +186,35 @@ def test_inra_server_args_route_to_the_plugin_class():
         inra_server_args(config, 1)
 
 
+def test_launch_args_add_the_inra_routing_and_dtype_unless_given(checkpoints):
+    from trl_realign.evaluation.vllm_session import launch_args
+
+    args = launch_args(checkpoints["inra"], "--max-model-len 64", inra=True, num_adapters=None, dtype="float32")
+    assert args == ["--max-model-len", "64", "--hf-overrides", '{"architectures": ["InRaQwen2ForCausalLM"]}',
+                    "--dtype", "float32"]  # fmt: skip
+    mine = "--hf-overrides '{\"architectures\": [\"InRaQwen2ForCausalLM\"], \"x\": 1}' --dtype=bfloat16"
+    assert launch_args(checkpoints["inra"], mine, inra=True, num_adapters=None, dtype="float32") == [
+        "--hf-overrides", '{"architectures": ["InRaQwen2ForCausalLM"], "x": 1}', "--dtype=bfloat16"
+    ]  # fmt: skip
+    assert launch_args(checkpoints["plain"], None, inra=False, num_adapters=None, dtype="auto") == []
+
+
+def test_eos_ids_of_a_checkpoint_are_those_the_transformers_backend_stops_at(tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from trl_realign.evaluation import resolve_eos_token_ids
+    from trl_realign.evaluation.vllm_session import checkpoint_eos_token_ids
+
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer), eos_token_id=5)
+    model.generation_config.eos_token_id = [9, 11]
+    model.save_pretrained(tmp_path / "with")
+    assert checkpoint_eos_token_ids(str(tmp_path / "with"), tokenizer) == [9, 11, EOS]
+    os.remove(tmp_path / "with" / "generation_config.json")  # then the config's EOS, as from_pretrained does
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "with")
+    assert checkpoint_eos_token_ids(str(tmp_path / "with"), tokenizer) == resolve_eos_token_ids(loaded, tokenizer)
+    assert resolve_eos_token_ids(loaded, tokenizer) == [5, EOS]
+
+
 def test_a_server_that_never_becomes_ready_times_out_with_its_log_and_is_stopped(tmp_path):
     never_ready = fake_python(tmp_path, '#!/bin/sh\necho "Loading weights took forever"\nexec sleep 300\n')
     server = VLLMServer(never_ready, "some/model", "--max-model-len 64", log_path=str(tmp_path / "log.txt"),

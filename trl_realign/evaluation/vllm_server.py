@@ -78,7 +78,8 @@ class VLLMServer:
         server_args: more `api_server` arguments, as a list or one shell-quoted string (e.g. `"--max-model-len 4096"`).
         log_path: where the server's stdout and stderr go.
         startup_timeout: seconds to wait for the engine to load before giving up.
-        env: environment variables added to this process's for the server.
+
+    The server inherits this process's environment (e.g. `VLLM_CPU_KVCACHE_SPACE`, `TRL_REALIGN_DEFAULT_LAMBDA`).
     """
 
     def __init__(
@@ -89,7 +90,6 @@ class VLLMServer:
         *,
         log_path: str,
         startup_timeout: float = 600.0,
-        env: dict[str, str] | None = None,
     ):
         if not (os.path.isfile(python) and os.access(python, os.X_OK)):
             raise FileNotFoundError(
@@ -103,7 +103,7 @@ class VLLMServer:
                 "drop them, or start the server yourself and pass its URL instead."
             )
         self.python, self.model, self.args = python, model, args
-        self.log_path, self.startup_timeout, self.env = log_path, startup_timeout, env or {}
+        self.log_path, self.startup_timeout = log_path, startup_timeout
         self.process: subprocess.Popen | None = None
         self.base_url: str | None = None
 
@@ -122,7 +122,7 @@ class VLLMServer:
         with open(self.log_path, "w") as log:
             # Its own session: stopping it can signal the engine processes it spawns, and only those
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, start_new_session=True
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.base_url = f"http://127.0.0.1:{port}"
         try:
