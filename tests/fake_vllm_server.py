@@ -53,10 +53,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.server.lock:
+        with self.server.lock:  # one request's line at a time: handlers run in threads
             self.server.requests.append(body)
-        if self.server.echo:  # as a process, its log is how a test sees the requests
-            print("REQUEST " + json.dumps(body), flush=True)
+            if self.server.echo:  # as a process, its log is how a test sees the requests
+                print("REQUEST " + json.dumps(body), flush=True)
         if self.path != "/v1/completions":
             return self._reply(404, {"error": {"message": f"no route {self.path}", "code": 404}})
         if body.get("model") != self.server.model:
