@@ -18,7 +18,12 @@ def accepts_realign_lambda(model) -> bool:
 
 def resolve_eos_token_ids(model, tokenizer) -> list[int]:
     """The ids that end a completion: the model's generation config's EOS ids, and the tokenizer's EOS."""
-    ids = model.generation_config.eos_token_id
+    return eos_token_ids_of(model.generation_config, tokenizer)
+
+
+def eos_token_ids_of(generation_config, tokenizer) -> list[int]:
+    """[`resolve_eos_token_ids`] from a `GenerationConfig`, for a checkpoint whose model is not loaded here (vLLM)."""
+    ids = generation_config.eos_token_id
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)

@@ -13,6 +13,7 @@ and logs the summary as a wandb table when `report_to` includes `"wandb"`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -72,7 +73,8 @@ class EvalConfig:
         num_samples (`int`, defaults to `8`): completions per prompt and λ.
         temperature, top_p, top_k: sampling parameters; `temperature=0` is greedy (then `num_samples` must be 1).
         max_new_tokens (`int`, defaults to `4096`): the length limit of a completion.
-        batch_size (`int`, defaults to `8`): prompts per `generate()` call (each expands to `num_samples` rows).
+        batch_size (`int`, defaults to `8`): prompts per `generate()` call (each expands to `num_samples` rows); with
+            the vLLM backend, requests in flight.
         scorer (`str`, defaults to `"math_verify"`): `"math_verify"` or `"exact_match"` (or pass a callable to
             [`evaluate`]).
         score_truncated (`bool`, defaults to `False`): also score completions that reached `max_new_tokens` without
@@ -83,6 +85,16 @@ class EvalConfig:
             run if there is one); without `"wandb"` (or `"all"`) nothing is logged, even with a run open.
         run_name (`str`, *optional*): the wandb run name when `evaluate` starts the run.
         disable_tqdm (`bool`, defaults to `False`): hide the progress bar.
+        backend (`str`, defaults to `"transformers"`): `"transformers"` (`generate()` in this process) or `"vllm"`
+            (an OpenAI-compatible vLLM server; InRa checkpoints and plain checkpoints given as paths, not DeRa).
+        vllm_base_url (`str`, *optional*): a running vLLM server (e.g. `http://127.0.0.1:8000`) serving the one
+            model to evaluate.
+        vllm_python (`str`, *optional*): instead, the vLLM environment's python: `evaluate` starts a server per
+            checkpoint (InRa through the trl-realign-vllm plugin) on 127.0.0.1 and stops it afterwards; its log is
+            `output_dir/vllm_server_<i>.log`.
+        vllm_server_args (`str`, *optional*): more server arguments, shell-quoted (e.g. `"--max-model-len 8192"`).
+        vllm_startup_timeout (`float`, defaults to `600`): seconds a started server may take to load.
+        vllm_request_timeout (`float`, defaults to `3600`): seconds one request (n completions) may take.
     """
 
     output_dir: str = field(default="eval", metadata={"help": "Where samples, summary and plot are written."})
@@ -118,7 +130,7 @@ class EvalConfig:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 disables it (as vLLM's default)."})
     max_new_tokens: int = field(default=4096, metadata={"help": "Maximum generated tokens per completion."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (vLLM: requests in flight)."})
     scorer: str = field(default="math_verify", metadata={"help": "'math_verify' or 'exact_match'."})
     score_truncated: bool = field(
         default=False,
@@ -135,6 +147,23 @@ class EvalConfig:
     report_to: list[str] = field(default_factory=list, metadata={"help": "Loggers, e.g. 'wandb'."})
     run_name: str | None = field(default=None, metadata={"help": "wandb run name."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+    backend: str = field(
+        default="transformers",
+        metadata={"help": "'transformers' (generate() here) or 'vllm' (an OpenAI-compatible vLLM server)."},
+    )
+    vllm_base_url: str | None = field(
+        default=None, metadata={"help": "A running vLLM server, e.g. http://127.0.0.1:8000."}
+    )
+    vllm_python: str | None = field(
+        default=None, metadata={"help": "The vLLM environment's python: start (and stop) a server per checkpoint."}
+    )
+    vllm_server_args: str | None = field(
+        default=None, metadata={"help": "More vLLM server arguments, shell-quoted, e.g. '--max-model-len 8192'."}
+    )
+    vllm_startup_timeout: float = field(
+        default=600.0, metadata={"help": "Seconds a started vLLM server may take to load."}
+    )
+    vllm_request_timeout: float = field(default=3600.0, metadata={"help": "Seconds one vLLM request may take."})
 
     def __post_init__(self):
         if self.num_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
@@ -152,6 +181,25 @@ class EvalConfig:
             raise ValueError(f"`prompt_template` must contain '{{prompt}}', got {self.prompt_template!r}.")
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
+        self._check_backend()
+
+    def _check_backend(self):
+        if self.backend not in ("transformers", "vllm"):
+            raise ValueError(f"`backend` must be 'transformers' or 'vllm', got {self.backend!r}.")
+        if self.backend == "transformers":
+            given = [name for name in ("vllm_base_url", "vllm_python", "vllm_server_args") if getattr(self, name)]
+            if given:
+                raise ValueError(f"{given} apply to the vLLM backend only; set `backend='vllm'` too.")
+            return
+        if (self.vllm_base_url is None) == (self.vllm_python is None):
+            raise ValueError(
+                "`backend='vllm'` needs exactly one of `vllm_base_url` (a running server) and `vllm_python` (the vLLM "
+                "environment's python, to start one)."
+            )
+        if self.vllm_base_url is not None and self.vllm_server_args:
+            raise ValueError("`vllm_server_args` are for a server `evaluate` starts; the one at `vllm_base_url` runs.")
+        if self.vllm_startup_timeout <= 0 or self.vllm_request_timeout <= 0:
+            raise ValueError("`vllm_startup_timeout` and `vllm_request_timeout` must be positive (seconds).")
 
 
 @dataclass
@@ -163,6 +211,7 @@ class _Candidate:
     realign_lambdas: list[float]
     mixes: bool
     load: Callable[[], tuple[PreTrainedModel, object]]
+    path: str | None = None  # the checkpoint, when given as one (the vLLM backend serves it)
 
 
 def _model_init_kwargs(args: EvalConfig) -> dict:
@@ -204,9 +253,31 @@ def _candidates(args, model, ref_model, checkpoints, tokenizer) -> list[_Candida
         raise ValueError("Models passed as objects need their tokenizer: pass `tokenizer=`.")
     lambdas = list(args.realign_lambdas) if args.realign_lambdas is not None else None
     if mixing:
-        return [_mixing_candidate(args, model, ref_model, tokenizer, lambdas)]
-    checkpoints = list(checkpoints if checkpoints is not None else args.checkpoints)
-    return _checkpoint_candidates(args, checkpoints, tokenizer, lambdas)
+        candidates = [_mixing_candidate(args, model, ref_model, tokenizer, lambdas)]
+    else:
+        checkpoints = list(checkpoints if checkpoints is not None else args.checkpoints)
+        candidates = _checkpoint_candidates(args, checkpoints, tokenizer, lambdas)
+    if args.backend == "vllm":
+        _check_vllm_candidates(args, candidates)
+    return candidates
+
+
+def _check_vllm_candidates(args: EvalConfig, candidates: list[_Candidate]) -> None:
+    if any(candidate.method == "dera" for candidate in candidates):
+        raise ValueError(
+            "DeRa pairs run on the transformers backend only (vLLM would need both models in one engine); drop "
+            "`backend='vllm'`."
+        )
+    if any(candidate.path is None for candidate in candidates):
+        raise ValueError(
+            "The vLLM backend serves checkpoints from paths: save the model (`save_pretrained`, with its tokenizer) "
+            "and pass its folder (`model_name_or_path` or `checkpoints`), or use `backend='transformers'`."
+        )
+    if args.vllm_base_url is not None and len(candidates) > 1:
+        raise ValueError(
+            f"A vLLM server serves one model, and {len(candidates)} checkpoints were given with `vllm_base_url`: "
+            "evaluate one per call, or give `vllm_python` to start a server for each."
+        )
 
 
 def _mixing_candidate(args, model, ref_model, tokenizer, lambdas) -> _Candidate:
@@ -248,7 +319,7 @@ def _mixing_candidate(args, model, ref_model, tokenizer, lambdas) -> _Candidate:
         inra = InRaForCausalLM.from_pretrained(path, num_adapters=args.num_adapters, **init_kwargs)
         return inra.to(device).eval(), AutoTokenizer.from_pretrained(path)
 
-    return _Candidate("inra", path, lambdas, True, load_inra)
+    return _Candidate("inra", path, lambdas, True, load_inra, path)
 
 
 def _checkpoint_candidates(args, checkpoints, tokenizer, lambdas) -> list[_Candidate]:
@@ -263,6 +334,7 @@ def _checkpoint_candidates(args, checkpoints, tokenizer, lambdas) -> list[_Candi
     device, init_kwargs = _device(args), _model_init_kwargs(args)
     candidates = []
     for i, (checkpoint, lam) in enumerate(zip(checkpoints, lambdas)):
+        path = checkpoint if isinstance(checkpoint, str) else None
         if isinstance(checkpoint, str):
             label = checkpoint
 
@@ -276,7 +348,7 @@ def _checkpoint_candidates(args, checkpoints, tokenizer, lambdas) -> list[_Candi
             def load(model=checkpoint):
                 return model.eval(), tokenizer
 
-        candidates.append(_Candidate("checkpoints", label, [float(lam)], False, load))
+        candidates.append(_Candidate("checkpoints", label, [float(lam)], False, load, path))
     return candidates
 
 
@@ -397,24 +469,15 @@ def evaluate(
     total = len(raw_prompts) * sum(len(candidate.realign_lambdas) for candidate in candidates)
     records = []
     with tqdm(total=total, desc="λ sweep", unit="prompt", disable=args.disable_tqdm) as progress:
-        for candidate in candidates:
-            loaded_model, loaded_tokenizer = candidate.load()
-            if loaded_tokenizer.pad_token is None:
-                loaded_tokenizer = _with_pad_token(loaded_tokenizer)
-            prompts = build_prompts(raw_prompts, loaded_tokenizer, args)
-            # Every prompt with every λ, λ innermost: the rows of one prompt share a length, so batches pad little
-            rows = [(i, lam) for i in range(len(prompts)) for lam in candidate.realign_lambdas]
-            progress.set_postfix_str(candidate.label)
-            set_seed(args.seed)
-            complete = TransformersBackend(
-                loaded_model,
-                loaded_tokenizer,
-                batch_size=args.batch_size,
-                add_special_tokens=not args.use_chat_template,
-                progress=progress,
-            )
-            lambdas = [lam for _, lam in rows] if candidate.mixes else None
-            completions = complete([prompts[i] for i, _ in rows], lambdas, sampling, args.num_samples)
+        for index, candidate in enumerate(candidates):
+            with _open_backend(args, candidate, index, progress) as complete:
+                prompts = build_prompts(raw_prompts, complete.tokenizer, args)
+                # Every prompt with every λ, λ innermost: the rows of one prompt share a length, so batches pad little
+                rows = [(i, lam) for i in range(len(prompts)) for lam in candidate.realign_lambdas]
+                progress.set_postfix_str(candidate.label)
+                set_seed(args.seed)
+                lambdas = [lam for _, lam in rows] if candidate.mixes else None
+                completions = complete([prompts[i] for i, _ in rows], lambdas, sampling, args.num_samples)
             candidate_records = []
             for (i, lam), samples in zip(rows, completions):
                 for j, completion in enumerate(samples):
@@ -434,13 +497,49 @@ def evaluate(
                         }
                     )
             records += sorted(candidate_records, key=lambda record: record["realign_lambda"])  # stable: by prompt
-            del loaded_model
     summary = summarize(records)
     _write_outputs(args.output_dir, records, summary)
     plot_path = plot_lambda_sweep(summary, os.path.join(args.output_dir, PLOT_FILE), title=_title(args))
     if _wandb_enabled(args):
         _log_to_wandb(args, summary, records, plot_path)
     return summary
+
+
+@contextlib.contextmanager
+def _open_backend(args: EvalConfig, candidate: _Candidate, index: int, progress):
+    """The candidate's backend: its model loaded here (transformers), or served by vLLM; released on exit."""
+    add_special_tokens = not args.use_chat_template
+    if args.backend == "vllm":
+        try:
+            from .vllm_session import open_vllm_backend
+        except ImportError as exc:
+            raise ImportError(f"The vLLM backend needs httpx: `pip install 'trl-realign[vllm]'` ({exc}).") from exc
+
+        with open_vllm_backend(
+            candidate.path,
+            inra=candidate.mixes,
+            num_adapters=args.num_adapters,
+            base_url=args.vllm_base_url,
+            python=args.vllm_python,
+            server_args=args.vllm_server_args,
+            dtype=args.dtype,
+            log_path=os.path.join(args.output_dir, f"vllm_server_{index}.log"),
+            startup_timeout=args.vllm_startup_timeout,
+            request_timeout=args.vllm_request_timeout,
+            add_special_tokens=add_special_tokens,
+            max_concurrency=args.batch_size,
+            seed=args.seed,
+            progress=progress,
+        ) as backend:
+            yield backend
+        return
+    loaded_model, loaded_tokenizer = candidate.load()
+    if loaded_tokenizer.pad_token is None:
+        loaded_tokenizer = _with_pad_token(loaded_tokenizer)
+    yield TransformersBackend(
+        loaded_model, loaded_tokenizer, batch_size=args.batch_size, add_special_tokens=add_special_tokens,
+        progress=progress,
+    )  # fmt: skip
 
 
 def _score(args: EvalConfig, scorer_fn: Scorer, completion, answer: str) -> float:
