@@ -28,5 +28,12 @@ export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 unset TRL_REALIGN_DEFAULT_LAMBDA  # the tests set the launch default themselves
 status=0
 "$venv_python" -m pytest -q -p no:cacheprovider tests "$@" || status=$?
+# trl-realign's evaluate(backend="vllm") against its transformers backend, on a server started from this venv (the
+# main suite skips this test for want of the venv)
+(
+    cd "$REPO_DIR"
+    TRL_REALIGN_VLLM_PYTHON="$venv_python" PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" \
+        "${MAIN_PYTHON:-python}" -m pytest -q -rs -p no:cacheprovider tests/test_vllm_evaluation.py
+) || status=$?
 echo "vLLM plugin stage: $(( $(date +%s) - start )) s in all" >&2
 exit "$status"
