@@ -105,3 +105,10 @@ def check_expanded_under_zero3(model_name_or_path: str, command: str) -> None:
             f"load, so the adapter layer cannot be copied then). Run `trl-realign expand --model_name_or_path "
             f"{model_name_or_path} --output_dir <folder>` and train from `<folder>`."
         )
+
+
+def train_and_save(trainer, training_args) -> None:
+    """Train (resuming when asked) and write the final model with its tokenizer to `output_dir`."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)  # writes the tokenizer too
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")

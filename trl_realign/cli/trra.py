@@ -50,7 +50,7 @@ def main(script_args, training_args, model_args, trra_args, preparation_args=Non
 
     from ..data.prepare import DatasetPreparationArguments
     from ..trainers import TrRaTrainer, train_trra_iterations
-    from .training import load_training_data, set_model_init_kwargs
+    from .training import load_training_data, set_model_init_kwargs, train_and_save
 
     set_model_init_kwargs(training_args, model_args)
     train_dataset, eval_dataset = load_training_data(
@@ -73,9 +73,7 @@ def main(script_args, training_args, model_args, trra_args, preparation_args=Non
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)  # writes the tokenizer too
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    train_and_save(trainer, training_args)
 
 
 def run(argv: list[str]) -> None:

@@ -61,3 +61,12 @@ class LayerAdapterArguments:
             check_lora_targets(self.adapter_lora_target_modules)
             if self.adapter_lora_r < 1:
                 raise ValueError(f"`adapter_lora_r` must be a positive integer, got {self.adapter_lora_r}.")
+
+
+def refuse_ref_model_name(config) -> None:
+    """The layer adapter's reference A is the model with its adapter layers skipped: a named reference is an error."""
+    if config.ref_model_name_or_path is not None:
+        raise ValueError(
+            "`ref_model_name_or_path` cannot be used with the layer adapter: the reference A is the model with its "
+            "adapter layers skipped, i.e. the original model. Leave it unset."
+        )

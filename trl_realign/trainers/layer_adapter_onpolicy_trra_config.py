@@ -1,6 +1,6 @@
 from dataclasses import dataclass
 
-from .layer_adapter_arguments import LayerAdapterArguments
+from .layer_adapter_arguments import LayerAdapterArguments, refuse_ref_model_name
 from .onpolicy_trra_config import OnPolicyTrRaConfig
 
 
@@ -16,8 +16,4 @@ class LayerAdapterOnPolicyTrRaConfig(LayerAdapterArguments, OnPolicyTrRaConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.ref_model_name_or_path is not None:
-            raise ValueError(
-                "`ref_model_name_or_path` cannot be used with the layer adapter: the reference A is the model with its "
-                "adapter layers skipped, i.e. the original model. Leave it unset."
-            )
+        refuse_ref_model_name(self)
