@@ -1,4 +1,7 @@
-"""Measuring helpers shared by the benchmark scripts: step times of a Trainer, and a process's peak memory on Linux."""
+"""
+Measuring helpers shared by the benchmark scripts: step times of a Trainer, the generation time of an on-policy one,
+and a process's peak memory on Linux.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,25 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self._start)
+
+
+class GenerationTimer:
+    """
+    Wall time of every generation call of a TRL on-policy trainer (`DistillationTrainer` and its subclasses: the
+    student sampling a batch's completions, `_generate_single_turn`), in `times`; wraps `trainer` in place.
+    """
+
+    def __init__(self, trainer):
+        self.times = []
+        generate = trainer._generate_single_turn
+
+        def timed_generate(*args, **kwargs):
+            start = time.perf_counter()
+            out = generate(*args, **kwargs)
+            self.times.append(time.perf_counter() - start)
+            return out
+
+        trainer._generate_single_turn = timed_generate
 
 
 def status_kb(field: str) -> int:

@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
@@ -29,7 +28,7 @@ def run_variant(args) -> dict:
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
-    from _measure import PeakMemory, StepTimer  # benchmarks/ is the script's folder, so its helper imports directly
+    from _measure import GenerationTimer, PeakMemory, StepTimer  # benchmarks/ is the script's folder: imports directly
     from trl_realign import OnPolicyTrRaConfig, OnPolicyTrRaTrainer
     from trl_realign.data.tokenizer import build_char_tokenizer
     from trl_realign.testing import tiny_causal_lm
@@ -64,19 +63,10 @@ def run_variant(args) -> dict:
                                       args=OnPolicyTrRaConfig(realign_lambda=2.0, **common), train_dataset=data,
                                       processing_class=tokenizer, callbacks=[timer])  # fmt: skip
 
-    generation_times = []
-    generate = trainer._generate_single_turn
-
-    def timed_generate(*a, **kw):
-        start = time.perf_counter()
-        out = generate(*a, **kw)
-        generation_times.append(time.perf_counter() - start)
-        return out
-
-    trainer._generate_single_turn = timed_generate
+    generation_timer = GenerationTimer(trainer)
     trainer.train()
     step = statistics.median(timer.times[2:])
-    generation = statistics.median(generation_times[2:])
+    generation = statistics.median(generation_timer.times[2:])
     teacher_mib = sum(p.numel() * p.element_size() for p in aligned.parameters()) / 2**20
     return {"step_s": step, "generation_s": generation, "peak_mib": memory.peak_mib(), "teacher_mib": teacher_mib,
             "memory_method": memory.method}  # fmt: skip
