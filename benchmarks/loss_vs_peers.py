@@ -36,12 +36,17 @@ import time
 import torch
 
 from _measure import PeakMemory  # benchmarks/ is the script's folder, so its helper imports directly
-from trl_realign.losses import TeacherHead, divergence_beta, streamed_realign_divergence
+from trl_realign.losses import TeacherHead, resolve_divergence, streamed_realign_divergence
 
 
 SETTINGS = {"two_teachers": 2.0, "one_teacher": 1.0}
 PEERS = ("trl", "liger")
 TARGET_TIME = {"two_teachers": 0.8, "one_teacher": 1.0}
+
+
+def divergence_beta(divergence: str) -> float:
+    """The generalised-JSD weight β of `divergence` (1 reverse KL, 0 forward KL), as the package's losses read it."""
+    return resolve_divergence(divergence)[1]
 
 
 def make_inputs(tokens: int, hidden: int, vocab: int, seed: int = 0, device="cpu", dtype=torch.float32) -> dict:
