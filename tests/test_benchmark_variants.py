@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 loss_vs_peers = importlib.import_module("loss_vs_peers")
 real_shape_step = importlib.import_module("real_shape_step")
 shapes = importlib.import_module("_shapes")
+_measure = importlib.import_module("_measure")
 
 
 def _require_liger():
@@ -66,3 +67,24 @@ def test_real_shape_step_variants_train(variant, tmp_path):
     out = trainer.train()
     assert math.isfinite(out.training_loss) and out.training_loss > 0
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+
+
+def test_real_shape_step_onpolicy_samples_the_completion_half(tmp_path):
+    """On-policy TrRa gets the prompt half of the TrRa rows and samples exactly the completion half, once a step."""
+    shape = dict(shapes.SMALL_QWEN2, vocab_size=256)
+    trainer = real_shape_step.build_trainer("onpolicy_trra", shape, str(tmp_path), steps=2, seq_len=32)
+    prompts, completion_lengths = [], []
+    generate = trainer._generate_single_turn
+
+    def recording_generate(prompt_ids, *args, **kwargs):
+        completions = generate(prompt_ids, *args, **kwargs)
+        prompts.extend(list(p) for p in prompt_ids)
+        completion_lengths.extend(len(c) for c in completions)
+        return completions
+
+    trainer._generate_single_turn = recording_generate
+    generation = _measure.GenerationTimer(trainer)
+    trainer.train()
+    assert sorted(prompts) == sorted(row[:16] for row in real_shape_step.random_ids(2, 32, 256))
+    assert completion_lengths == [16, 16]
+    assert len(generation.times) == 2  # one generation per step: the benchmark's share pairs them
