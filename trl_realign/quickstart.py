@@ -382,10 +382,10 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
         print(f"\nLargest digit, where B answers at once ({direct.num_test_problems} held-out problems, "
               f"{settings.num_samples} samples each, T={settings.temperature}, at most {direct.max_new_tokens} tokens): "
               f"off-policy TrRa trains on A's traces, on-policy TrRa on the student's own samples; token reduction "
-              f"against A:\n{format_table(direct_rows)}\n\nWhat each model wrote for {test_prompt!r} (finished: the share "
-              f"of all its samples that stopped before the token limit):")
+              f"against A:\n{format_table(direct_rows)}\n\nWhat each model wrote for {test_prompt!r} (truncated: the share "
+              f"of all its samples that reached the token limit without EOS, scored 0):")
         for row in direct_rows:
-            print(f"  {row['name']:<20}{row['example']!r}  (finished {100 * row['finished_rate']:.0f}%)")
+            print(f"  {row['name']:<20}{row['example']!r}  (truncated {100 * row['truncation_rate']:.0f}%)")
         with open(os.path.join(output_dir, "direct_answer_table.json"), "w") as f:
             json.dump({**meta, "rows": direct_rows}, f, indent=2)
         tables["direct_answer"] = direct_rows
