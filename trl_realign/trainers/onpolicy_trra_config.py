@@ -1,9 +1,9 @@
-import math
 from dataclasses import dataclass, field
 
 from trl import DistillationConfig
 
 from ..modeling.realign_lambda import check_realign_lambda
+from .trra_config import check_streamed_loss_options
 
 
 @dataclass
@@ -68,13 +68,7 @@ class OnPolicyTrRaConfig(DistillationConfig):
             raise ValueError(
                 f"`lmbda` is the probability of an on-policy batch and must lie in [0, 1], got {self.lmbda}."
             )
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"`temperature` must be a positive finite number, got {self.temperature}.")
-        if self.loss_token_chunk_size < 1 or (self.loss_vocab_chunk_size is not None and self.loss_vocab_chunk_size < 1):
-            raise ValueError(
-                "`loss_token_chunk_size` and `loss_vocab_chunk_size` must be positive integers "
-                "(leave `loss_vocab_chunk_size` unset to take the whole vocabulary at once)."
-            )
+        check_streamed_loss_options(self)
         if self.teacher_model_name_or_path is not None:
             raise ValueError(
                 "On-policy TrRa has two teachers: set `aligned_model_name_or_path` (B) and, if A is not the student's "

@@ -94,10 +94,16 @@ class TrRaConfig(SFTConfig):
                 "Pass a float such as 0.5, 2.0 or -0.5."
             )
         self.divergence, self.beta = resolve_divergence(self.divergence, self.beta)
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"`temperature` must be a positive finite number, got {self.temperature}.")
-        if self.loss_token_chunk_size < 1 or (self.loss_vocab_chunk_size is not None and self.loss_vocab_chunk_size < 1):
-            raise ValueError(
-                "`loss_token_chunk_size` and `loss_vocab_chunk_size` must be positive integers "
-                "(leave `loss_vocab_chunk_size` unset to take the whole vocabulary at once)."
-            )
+        check_streamed_loss_options(self)
+
+def check_streamed_loss_options(config) -> None:
+    """The options of the streamed fused-teacher loss that TrRa and on-policy TrRa configs share."""
+    if not (math.isfinite(config.temperature) and config.temperature > 0):
+        raise ValueError(f"`temperature` must be a positive finite number, got {config.temperature}.")
+    if config.loss_token_chunk_size < 1 or (
+        config.loss_vocab_chunk_size is not None and config.loss_vocab_chunk_size < 1
+    ):
+        raise ValueError(
+            "`loss_token_chunk_size` and `loss_vocab_chunk_size` must be positive integers "
+            "(leave `loss_vocab_chunk_size` unset to take the whole vocabulary at once)."
+        )
