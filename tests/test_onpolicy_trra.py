@@ -419,3 +419,16 @@ def test_layer_adapter_variant_trains_only_the_adapter_toward_the_bypassed_refer
     loss = trainer.compute_loss(trainer.model, inputs)
     expected = naive_loss(trainer.model, base, b, inputs, 2.0, 1.0, 1.0, vocab=len(tokenizer))
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config_cls", ["TrRaConfig", "OnPolicyTrRaConfig"])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"temperature": 0.0}, "temperature"), ({"loss_token_chunk_size": 0}, "loss_token_chunk_size"),
+     ({"loss_vocab_chunk_size": 0}, "loss_vocab_chunk_size")],
+)
+def test_both_trra_configs_refuse_bad_streamed_loss_options(tmp_path, config_cls, kwargs, match):
+    import trl_realign
+
+    with pytest.raises(ValueError, match=match):
+        getattr(trl_realign, config_cls)(output_dir=str(tmp_path), report_to=[], bf16=False, **kwargs)
