@@ -74,8 +74,8 @@ def main():
     ratio = results["trra_step_s"] / results["sft_step_s"]
     results.update(
         ratio=ratio,
-        target_ratio=1.8,
-        meets_target=ratio <= 1.8,
+        targets={"ratio": 1.8},
+        targets_met={"ratio": ratio <= 1.8},
         config={**vars(args), "tokens_per_step": args.batch * (args.prompt_len + args.completion_len),
                 "threads": torch.get_num_threads()},
     )

@@ -34,9 +34,8 @@ class TrRaConfig(SFTConfig):
         loss_token_chunk_size (`int`, *optional*, defaults to `256`):
             Tokens per chunk of the streamed loss. Teacher and student logits exist only one chunk at a time, so the
             memory of the loss scales with `loss_token_chunk_size × loss_vocab_chunk_size` rather than tokens × vocab.
-            Larger chunks trade memory for speed, as the products run faster with more rows: on a 2-core CPU at
-            vocab 151,936, 1,024 tokens took 20 % less time than 256 with two teachers (2 % with one) for 3.8× the
-            loss's working memory (benchmarks/README.md).
+            The loss's working memory grows in proportion (about 600 MB at 256 tokens and vocab 151,936, 2.4 GB at
+            1,024); on CPU the larger chunk was at most ~10 % faster, within the machine's noise (benchmarks/README.md).
         loss_vocab_chunk_size (`int`, *optional*):
             Vocabulary entries per tile. `None` (default) takes the whole vocabulary at once, so that every projection
             is computed once; a smaller tile saves memory at the cost of recomputing the projections (three passes).
