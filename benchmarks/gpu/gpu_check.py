@@ -143,7 +143,7 @@ def loss_section(args, clock: Clock) -> dict:
                 figures[variant] = {"seconds": seconds, **errors,
                                     "working_mb": None if peak is None else peak - base_mb - grads_mb,
                                     "agrees": max(errors.values()) <= BF16_REL_ERROR}
-                del loss_fn
+                loss_fn = None  # frees the peer's fused head before the next variant builds its own
             except Exception as error:  # one peer failing must not hide the others' figures
                 figures[variant] = {"error": f"{type(error).__name__}: {error}"}
             free(clock)
