@@ -54,6 +54,12 @@ class SamplingSettings:
         return self.temperature == 0
 
 
+def check_lambdas_per_prompt(prompts: Sequence[str], realign_lambdas: Sequence[float] | None) -> None:
+    """A backend's first check: `realign_lambdas` is `None` or holds one λ per prompt."""
+    if realign_lambdas is not None and len(realign_lambdas) != len(prompts):
+        raise ValueError(f"Got {len(realign_lambdas)} λ values for {len(prompts)} prompts; pass one per prompt.")
+
+
 class CompletionBackend(Protocol):
     def __call__(
         self,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .completions import Completion, SamplingSettings, count_generated_tokens
+from .completions import Completion, SamplingSettings, check_lambdas_per_prompt, count_generated_tokens
 
 
 def accepts_realign_lambda(model) -> bool:
@@ -70,8 +70,7 @@ def generate_completions(
     Returns one list of `num_samples` [`Completion`]s per prompt, in the order of `prompts`, counted with
     [`count_generated_tokens`].
     """
-    if realign_lambdas is not None and len(realign_lambdas) != len(prompts):
-        raise ValueError(f"Got {len(realign_lambdas)} λ values for {len(prompts)} prompts; pass one per prompt.")
+    check_lambdas_per_prompt(prompts, realign_lambdas)
     if realign_lambdas is not None and not accepts_realign_lambda(model):
         raise ValueError(
             f"{type(model).__name__} does not take `realign_lambda`; per-prompt λ needs an `InRaForCausalLM` or a "

@@ -18,7 +18,7 @@ import httpx
 import torch
 
 from ..modeling.realign_lambda import check_realign_lambda
-from .completions import Completion, SamplingSettings, count_generated_tokens
+from .completions import Completion, SamplingSettings, check_lambdas_per_prompt, count_generated_tokens
 
 
 class VLLMRequestError(RuntimeError):
@@ -173,8 +173,7 @@ class VLLMBackend:
     progress: object = None
 
     def __call__(self, prompts, realign_lambdas, sampling: SamplingSettings, num_samples: int):
-        if realign_lambdas is not None and len(realign_lambdas) != len(prompts):
-            raise ValueError(f"Got {len(realign_lambdas)} λ values for {len(prompts)} prompts; pass one per prompt.")
+        check_lambdas_per_prompt(prompts, realign_lambdas)
         if sampling.num_beams > 1:
             raise ValueError("Beam search is not available through the vLLM backend; use `num_beams=1`.")
         if sampling.greedy and num_samples > 1:
