@@ -149,13 +149,12 @@ def _logit_grad(r, aux, ps, pt, beta: float, inv_t: float) -> torch.Tensor:
     return grad.mul_(inv_t) if inv_t != 1.0 else grad
 
 
-def _linear_fp32(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    # The product the model's own `lm_head` computes (in its dtype), then fp32 for the softmax, as HF models upcast
-    return F.linear(hidden, weight, bias).float()
-
-
 def _linear_fp32_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
-    """`_linear_fp32` written into the fp32 buffer `out`, row-major or column-major (see `_ChunkBuffers`)."""
+    """
+    `hidden @ weightᵀ + bias` written into the fp32 buffer `out`, row-major or column-major (see `_ChunkBuffers`).
+    A low-precision head computes the product in its dtype, as the model's own `lm_head` does, then upcasts for the
+    softmax, as HF models do.
+    """
     if not (hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)):
         return out.copy_(F.linear(hidden, weight, bias))
     if out.stride(-1) == 1:
@@ -211,7 +210,7 @@ def _fused_teacher_logits_into(out: torch.Tensor, teachers, start: int, end: int
             if bias is not None:
                 out.add_(bias, alpha=head.coef)
         else:
-            out.add_(_linear_fp32(head.hidden, weight, bias), alpha=head.coef)
+            out.add_(F.linear(head.hidden, weight, bias), alpha=head.coef)  # upcast by the fp32 `out`
     return out
 
 
