@@ -106,9 +106,7 @@ def build_trainer(variant: str, shape: dict, output_dir: str, steps: int, seq_le
     teachers = dict(ref_model=qwen2_model(shape, seed=1), aligned_model=qwen2_model(shape, seed=2))
     if variant == "trra":
         return TrRaTrainer(args=TrRaConfig(realign_lambda=2.0, **common), **teachers, **kwargs)
-    if variant == "onpolicy_trra":
-        return OnPolicyTrRaTrainer(args=OnPolicyTrRaConfig(realign_lambda=2.0, **common), **teachers, **kwargs)
-    raise ValueError(f"unknown variant {variant!r}")
+    return OnPolicyTrRaTrainer(args=OnPolicyTrRaConfig(realign_lambda=2.0, **common), **teachers, **kwargs)
 
 
 def run_variant(args, shape) -> dict:
