@@ -33,9 +33,9 @@ class TrRaConfig(SFTConfig):
             Both the student's and the teacher's logits are divided by it before the softmax.
         loss_token_chunk_size (`int`, *optional*, defaults to `256`):
             Tokens per chunk of the streamed loss. Teacher and student logits exist only one chunk at a time, so the
-            memory of the loss scales with `loss_token_chunk_size × loss_vocab_chunk_size` rather than tokens × vocab.
-            The loss's working memory grows in proportion (about 600 MB at 256 tokens and vocab 151,936, 2.4 GB at
-            1,024); on CPU the larger chunk was at most ~10 % faster, within the machine's noise (benchmarks/README.md).
+            memory of the loss scales with `loss_token_chunk_size × loss_vocab_chunk_size` rather than tokens × vocab:
+            about 600 MB at 256 tokens and vocab 151,936, 2.4 GB at 1,024 (on CPU the larger chunk was at most ~10 %
+            faster, within the machine's noise; benchmarks/README.md).
         loss_vocab_chunk_size (`int`, *optional*):
             Vocabulary entries per tile. `None` (default) takes the whole vocabulary at once, so that every projection
             is computed once; a smaller tile saves memory at the cost of recomputing the projections (three passes).
@@ -97,6 +97,7 @@ class TrRaConfig(SFTConfig):
             )
         self.divergence, self.beta = resolve_divergence(self.divergence, self.beta)
         check_streamed_loss_options(self)
+
 
 def check_streamed_loss_options(config) -> None:
     """The options of the streamed fused-teacher loss that TrRa and on-policy TrRa configs share."""
