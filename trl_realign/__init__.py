@@ -31,6 +31,7 @@ from .trainers import (
     OnPolicyTrRaTrainer,
     TrRaConfig,
     TrRaTrainer,
+    build_teacher_cache,
     train_trra_iterations,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "TrRaConfig",
     "TrRaTrainer",
     "add_layer_adapter",
+    "build_teacher_cache",
     "bypass_layer_adapter",
     "evaluate",
     "expand_model",

@@ -9,6 +9,7 @@ from .layer_adapter_trra_config import LayerAdapterTrRaConfig
 from .layer_adapter_trra_trainer import LayerAdapterTrRaTrainer
 from .onpolicy_trra_config import OnPolicyTrRaConfig
 from .onpolicy_trra_trainer import OnPolicyTrRaTrainer
+from .teacher_cache_capture import build_teacher_cache
 from .trra_config import TrRaConfig
 from .trra_iter import train_trra_iterations
 from .trra_trainer import TrRaTrainer
@@ -28,5 +29,6 @@ __all__ = [
     "OnPolicyTrRaTrainer",
     "TrRaConfig",
     "TrRaTrainer",
+    "build_teacher_cache",
     "train_trra_iterations",
 ]

@@ -58,9 +58,18 @@ class OnPolicyTrRaConfig(DistillationConfig):
     loss_vocab_chunk_size: int | None = field(
         default=None, metadata={"help": "Vocabulary entries per tile of the streamed loss (default: all at once)."}
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={"help": "Not for on-policy TrRa (its completions are sampled anew each step); refused if set."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.teacher_cache:
+            raise ValueError(
+                "On-policy TrRa cannot train from a teacher cache: the student samples new completions every step, "
+                "so the teachers must score them live. Drop `teacher_cache` (it serves off-policy `trl-realign trra`)."
+            )
         # The CLI passes numbers as strings; the checks below must see floats.
         self.realign_lambda = check_realign_lambda(float(self.realign_lambda))
         self.lmbda = float(self.lmbda)

@@ -74,6 +74,29 @@ class RealignTeachers(NamedTuple):
     unwrap: Callable
     ref_adapter: str | None = None
 
+    def heads(self, student, inputs, backbone_inputs, mask, realign_lambda: float) -> list[TeacherHead]:
+        """The fused teacher's terms for this batch, B's then A's; a term whose coefficient is 0 is skipped."""
+        heads = []
+        # A head whose coefficient is 0 contributes nothing to the fused logits: skip its forward (λ = 0 or 1)
+        if realign_lambda != 0.0:
+            heads.append(self.head("aligned", student, backbone_inputs, mask, realign_lambda))
+        if realign_lambda != 1.0:
+            heads.append(self.head("ref", student, backbone_inputs, mask, 1.0 - realign_lambda))
+        return heads
+
+    def head(self, role: str, student, backbone_inputs, mask, coef: float) -> TeacherHead:
+        """One teacher's forward on the scored positions (`role`: "aligned" is B, "ref" is A). Call without grad."""
+        if role == "aligned":
+            return _teacher_head(self.aligned, self.unwrap, backbone_inputs, mask, coef)
+        if self.ref is not None:
+            return _teacher_head(self.ref, self.unwrap, backbone_inputs, mask, coef)
+        # PEFT student: A is the same network under its reference adapter (or none). The head is read inside: with
+        # `lm_head` in `modules_to_save`, outside it is the trained copy
+        with use_adapter(student, self.ref_adapter), _eval_mode(student):
+            hidden = _hidden_states(student, backbone_inputs, mask)
+            head = student.get_output_embeddings()
+            return TeacherHead(hidden, head.weight, head.bias, coef)
+
 
 def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
     """
@@ -270,7 +293,7 @@ def realign_loss(
 
     Args:
         student: the unwrapped student (a transformers model or a PEFT wrapper).
-        teachers ([`RealignTeachers`]): B and A.
+        teachers ([`RealignTeachers`] or a cached equivalent): B and A; their `heads(...)` gives the teacher terms.
         inputs: `input_ids` (and optionally `attention_mask`, `position_ids`, and the padding-free keys
             `cu_seq_lens_q/k`, `max_length_q/k`, `seq_idx`), with `labels` or `completion_mask` (see [`scored_mask`]).
         num_items_in_batch: the normaliser, or `None`.
@@ -284,22 +307,8 @@ def realign_loss(
     mask = scored_mask(inputs)
 
     student_hidden = _hidden_states(student, backbone_inputs, mask)
-    heads = []
-    lam = options.realign_lambda
     with torch.no_grad():
-        # A head whose coefficient is 0 contributes nothing to the fused logits: skip its forward (λ = 0 or 1)
-        if lam != 0.0:
-            heads.append(_teacher_head(teachers.aligned, teachers.unwrap, backbone_inputs, mask, lam))
-        if lam != 1.0:
-            if teachers.ref is not None:
-                heads.append(_teacher_head(teachers.ref, teachers.unwrap, backbone_inputs, mask, 1.0 - lam))
-            else:
-                # PEFT student: A is the same network under its reference adapter (or none). The head is read inside:
-                # with `lm_head` in `modules_to_save`, outside it is the trained copy
-                with use_adapter(student, teachers.ref_adapter), _eval_mode(student):
-                    hidden = _hidden_states(student, backbone_inputs, mask)
-                    head = student.get_output_embeddings()
-                    heads.append(TeacherHead(hidden, head.weight, head.bias, 1.0 - lam))
+        heads = teachers.heads(student, inputs, backbone_inputs, mask, options.realign_lambda)
 
     head = student.get_output_embeddings()
     out = streamed_realign_divergence(

@@ -47,6 +47,11 @@ class TrRaConfig(SFTConfig):
         teacher_model_init_kwargs (`dict[str, Any]`, *optional*):
             Keyword arguments for `AutoModelForCausalLM.from_pretrained` when a teacher is given by name or path.
             Defaults to `model_init_kwargs`.
+        teacher_cache (`str`, *optional*):
+            A teacher cache folder (written by `build_teacher_cache` / `trl-realign cache-teachers` for this data and
+            these teachers): the teachers' hidden states and heads are read from it, and neither teacher is loaded.
+            Exact for any λ, divergence and temperature. Refused when the data, tokenizer, preprocessing or a teacher
+            named here differ from the capture's; needs `packing=False` and `padding_free=False`.
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Zero every dropout layer of the student and the teachers, as TRL's DPO and distillation trainers can.
             Whatever its value, teacher forwards (a PEFT student's reference forward included) run in eval mode.
@@ -81,6 +86,10 @@ class TrRaConfig(SFTConfig):
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "from_pretrained kwargs for the teachers (defaults to model_init_kwargs)."}
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={"help": "Train from a teacher cache folder (trl-realign cache-teachers): no teacher is loaded."},
+    )
 
     disable_dropout: bool = field(
         default=True, metadata={"help": "Zero the dropout of the student and the teachers."}
@@ -97,6 +106,11 @@ class TrRaConfig(SFTConfig):
             )
         self.divergence, self.beta = resolve_divergence(self.divergence, self.beta)
         check_streamed_loss_options(self)
+        if self.teacher_cache and (self.packing or self.padding_free):
+            raise ValueError(
+                "`teacher_cache` serves unpacked rows: set `packing=False` and `padding_free=False` (packed rows mix "
+                "documents differently from run to run, so their cached rows cannot be matched)."
+            )
 
 
 def check_streamed_loss_options(config) -> None:

@@ -11,6 +11,7 @@ import os
 import torch
 from transformers import PreTrainedModel
 
+from .teacher_cache_capture import build_teacher_cache
 from .trra_config import TrRaConfig
 from .trra_trainer import TrRaTrainer
 
@@ -33,6 +34,8 @@ def train_trra_iterations(
     iteration k−1 as the aligned model (iteration 1 uses `aligned_model`).
 
     Each iteration writes its model to `{args.output_dir}/iter{k}` and logs under run name `{args.run_name}-iter{k}`.
+    With `args.teacher_cache`, both teachers are captured there once (if not yet), and each later iteration captures
+    only its aligned model (the last result) into `{teacher_cache}/iter{k}`: A's hidden states serve every iteration.
 
     Returns:
         `list[str]`: the output folders, one per iteration; the last holds the final model.
@@ -47,14 +50,18 @@ def train_trra_iterations(
         # Every iteration restarts from A's weights, so an in-memory A is copied rather than trained in place; the
         # trainer's default reference is then a frozen copy of those same starting weights
         student = model if isinstance(model, str) else copy.deepcopy(model)
+        teachers = {"aligned_model": aligned_model, **trainer_kwargs}
+        if args.teacher_cache:
+            iteration_args, teachers = _capture_iteration(
+                k, model, aligned_model, iteration_args, train_dataset, eval_dataset, processing_class, trainer_kwargs
+            )
         trainer = TrRaTrainer(
             model=student,
-            aligned_model=aligned_model,
             args=iteration_args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            **trainer_kwargs,
+            **teachers,
         )
         logger.info("TrRa-iter %d/%d: λ=%s, aligned model = %s", k, num_iterations, args.realign_lambda,
                     aligned_model if isinstance(aligned_model, str) else "in-memory model")
@@ -72,6 +79,25 @@ def train_trra_iterations(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return outputs
+
+
+def _capture_iteration(k, model, aligned_model, args, train_dataset, eval_dataset, processing_class, trainer_kwargs):
+    """
+    With `teacher_cache`: iteration 1 captures A and B there (unless already complete); iteration k > 1 captures
+    only its B (the last result) into `{teacher_cache}/iter{k}`, reusing A's hidden states. Returns the iteration's
+    args (pointing at its cache) and the teacher arguments for its trainer (names only: objects were captured).
+    """
+    cache = args.teacher_cache if k == 1 else os.path.join(args.teacher_cache, f"iter{k}")
+    student = model if isinstance(model, str) else copy.deepcopy(model).requires_grad_(True)
+    build_teacher_cache(
+        student, aligned_model, args, train_dataset, eval_dataset, processing_class, teacher_cache=cache,
+        reuse_reference_from=None if k == 1 else args.teacher_cache, **trainer_kwargs,
+    )
+    teachers = {
+        key: value for key, value in {"aligned_model": aligned_model, **trainer_kwargs}.items()
+        if key not in ("aligned_model", "ref_model") or isinstance(value, str)
+    }
+    return dataclasses.replace(args, teacher_cache=cache), teachers
 
 
 def _release(trainer) -> None:

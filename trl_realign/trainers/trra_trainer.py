@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import PreTrainedModel
 from trl import SFTTrainer
+from trl.trainer.utils import disable_dropout_in_model
 
 from .._compat import trainer_metrics
+from ..data.teacher_cache import TeacherCache, TeacherCacheError
+from .cached_teachers import (
+    ROW_COLUMN,
+    CachedRealignTeachers,
+    CacheRowCollator,
+    attach_cache_rows,
+    check_cache_matches_run,
+    check_cached_teacher_name,
+    check_student_is_cached_reference,
+)
+from .layer_adapter_reference import AdapterBypassedModel
 from .paper import REALIGN_PAPER
 from .realign_teachers import (
     RealignLossOptions,
@@ -17,6 +31,34 @@ from .realign_teachers import (
     resolve_teacher_sources,
 )
 from .trra_config import TrRaConfig
+
+
+logger = logging.getLogger(__name__)
+
+
+def open_cache_for_run(directory, model, ref_model, aligned_model, args):
+    """The cache, once the teachers this run names (if any) are the ones it holds."""
+    cache = TeacherCache(directory)
+    check_cached_teacher_name(cache, "aligned", aligned_model or args.aligned_model_name_or_path, "aligned_model")
+    if _student_is_reference(ref_model, args):
+        # A defaults to the student's starting weights: the student must start from the captured A
+        student_name = model if isinstance(model, str) else None
+        if student_name is not None and student_name != cache.teachers["ref"]["name_or_path"]:
+            raise TeacherCacheError(
+                f"The student starts from {student_name!r}, but the reference A in the teacher cache in {directory} "
+                f"is {cache.teachers['ref']['name_or_path']!r}: start from A, or name A with `ref_model_name_or_path` "
+                "if the student should start elsewhere."
+            )
+    else:
+        check_cached_teacher_name(cache, "ref", ref_model or args.ref_model_name_or_path, "ref_model")
+    return cache
+
+
+def _student_is_reference(ref_model, args) -> bool:
+    # The layer adapter's reference is the student itself, with its adapter bypassed
+    if isinstance(ref_model, AdapterBypassedModel):
+        return True
+    return ref_model is None and args.ref_model_name_or_path is None
 
 
 class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
@@ -76,7 +118,11 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
                 "pass the reference model A by keyword, `ref_model=`."
             )
 
-        ref_model, aligned_model = resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config)
+        cache = None
+        if args.teacher_cache:
+            cache = open_cache_for_run(args.teacher_cache, model, ref_model, aligned_model, args)
+        else:
+            ref_model, aligned_model = resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config)
 
         super().__init__(
             model,
@@ -91,7 +137,39 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
         self.realign_lambda = args.realign_lambda
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         self.vocab_size = len(tokenizer)
-        self._setup_realign_teachers(ref_model, aligned_model, self.vocab_size)
+        self._cached_teachers = None
+        if cache is None:
+            self._setup_realign_teachers(ref_model, aligned_model, self.vocab_size)
+        else:
+            self._setup_cached_teachers(cache, student_is_reference=_student_is_reference(ref_model, args))
+
+    # ------------------------------------------------------------------ teacher cache
+
+    def _setup_cached_teachers(self, cache, student_is_reference: bool) -> None:
+        check_cache_matches_run(cache, self.args, self.processing_class)
+        self.train_dataset = attach_cache_rows(self.train_dataset, cache, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: attach_cache_rows(d, cache, f"eval {k}") for k, d in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = attach_cache_rows(self.eval_dataset, cache, "eval")
+        self.data_collator = CacheRowCollator(self.data_collator)
+        if getattr(self.args, "disable_dropout", False):
+            disable_dropout_in_model(self.model)
+        self._cached_teachers = CachedRealignTeachers(cache, self.accelerator.device)
+        if student_is_reference:
+            check_student_is_cached_reference(self.accelerator.unwrap_model(self.model), cache, self.vocab_size)
+        self.aligned_model = self.ref_model = None
+        logger.info("TrRa from the teacher cache in %s: no teacher is loaded.", cache.directory)
+
+    def _realign_teachers(self):
+        if self._cached_teachers is not None:
+            return self._cached_teachers
+        return super()._realign_teachers()
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self._cached_teachers is not None and ROW_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, ROW_COLUMN]
 
     # ------------------------------------------------------------------ loss
 
