@@ -138,6 +138,10 @@ def test_local_sweep_logs_one_run_per_point_in_one_group(models, tmp_path, wandb
         assert run["config"]["beta"] == 1.0 and run["config"]["divergence"] == "reverse_kl"
         assert all(key in run["summary"] for key in TRRA_METRICS), sorted(run["summary"])
         assert (tmp_path / "grid" / run["name"] / "model.safetensors").is_file()
+        # Every point trained from the one teacher cache the sweep captured first, and says so in its config
+        assert run["config"]["teacher_cache"] == str(tmp_path / "grid" / "teacher_cache")
+        assert run["config"]["teacher_cache_teachers"]["aligned"] == str(models / "B")
+    assert json.loads((tmp_path / "grid" / "teacher_cache" / "manifest.json").read_text())["complete"]
 
 
 def test_export_wandb_sweep(models, tmp_path):
@@ -151,7 +155,8 @@ def test_export_wandb_sweep(models, tmp_path):
     assert exported["metric"] == {"name": "train/loss", "goal": "minimize"}
     # the swept values are not flags: the entry point reads them from wandb.config
     assert exported["command"] == ["trl-realign", "trra", "--config", str(models / "trra.yaml"), "--max_steps", "3",
-                                   "--report_to", "wandb", "--output_dir", "out/s"]  # fmt: skip
+                                   "--report_to", "wandb", "--teacher_cache", "out/s/teacher_cache",
+                                   "--output_dir", "out/s"]  # fmt: skip
     assert SweepConfig(**{k: v for k, v in exported.items() if k in ("method", "parameters")}, count=6).parameters == parameters
 
 
@@ -208,13 +213,18 @@ def test_sweep_with_launcher_options_launches_each_point(models, tmp_path, monke
     sweep.write_text(yaml.safe_dump({"command": "trra", "recipe": str(models / "trra.yaml"), "output_dir": str(tmp_path / "g"),
                                      "parameters": {"beta": {"values": [0.1, 0.9]}}, "overrides": {"divergence": "jsd"}}))  # fmt: skip
     main(["sweep", "--config", str(sweep), "--num_processes", "2", "--accelerate_config", "zero2"])
-    assert len(calls) == 2
-    for (command, env), beta in zip(calls, [0.1, 0.9]):
+    assert len(calls) == 3
+    cache = str(tmp_path / "g" / "teacher_cache")
+    # The teachers are captured once, under the same launcher, before the points
+    assert calls[0][0][9:] == ["cache-teachers", "--config", str(models / "trra.yaml"), "--divergence", "jsd",
+                               "--report_to", "wandb", "--teacher_cache", cache,
+                               "--output_dir", str(tmp_path / "g" / "teacher_cache_capture")]  # fmt: skip
+    for (command, env), beta in zip(calls[1:], [0.1, 0.9]):
         name = f"g-{[0.1, 0.9].index(beta):02d}-beta{beta}"
         assert command == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
                            launch.accelerate_config_path("zero2"), "-m", "trl_realign.cli.main", "trra",
                            "--config", str(models / "trra.yaml"), "--divergence", "jsd", "--report_to", "wandb",
-                           "--beta", str(beta), "--run_name", name, "--output_dir", str(tmp_path / "g" / name)]  # fmt: skip
+                           "--teacher_cache", cache, "--beta", str(beta), "--run_name", name, "--output_dir", str(tmp_path / "g" / name)]  # fmt: skip
         assert env["WANDB_RUN_GROUP"] == "g"
 
 
@@ -255,3 +265,25 @@ def test_run_sweep_is_exported_and_dry_runs(tmp_path, capsys):
     assert [r["output_dir"] for r in records] == [str(tmp_path / "lam" / r["run_name"]) for r in records]
     printed = capsys.readouterr().out
     assert printed.count("trl-realign trra ") == 2 and "--realign_lambda 2.0" in printed
+    cache = str(tmp_path / "lam" / "teacher_cache")
+    assert printed.count("trl-realign cache-teachers ") == 1 and printed.count(f"--teacher_cache {cache}") == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs,expected",
+    [
+        ({"parameters": {"realign_lambda": {"values": [1.0]}, "beta": {"values": [0.5]}}}, "teacher_cache"),
+        ({"parameters": {"max_length": {"values": [64, 128]}}}, None),  # changes what the teachers see
+        ({"parameters": {"realign_lambda": {"values": [1.0]}}, "teacher_cache": False}, None),
+        ({"parameters": {"learning_rate": {"values": [1e-3]}}, "command": "sft"}, None),
+        ({"parameters": {"seed": {"values": [1]}}, "overrides": {"teacher_cache": "/mine"}}, "/mine"),
+    ],
+)
+def test_sweep_uses_a_teacher_cache_only_when_the_teachers_see_the_same_rows(tmp_path, kwargs, expected):
+    from trl_realign.sweep import sweep_teacher_cache
+
+    cache, why = sweep_teacher_cache(SweepConfig(output_dir=str(tmp_path), **kwargs))
+    if expected == "teacher_cache":
+        assert cache == str(tmp_path / "teacher_cache")
+    else:
+        assert cache == expected and why

@@ -330,3 +330,11 @@ def test_two_processes_capture_and_train_like_one(tmp_path):
     two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_cache_teachers_command_needs_the_folder(tmp_path):
+    from trl_realign.cli.main import main
+
+    with pytest.raises(ValueError, match="--teacher_cache DIR"):
+        main(["cache-teachers", "--model_name_or_path", str(tmp_path), "--aligned_model_name_or_path", str(tmp_path),
+              "--dataset_name", str(tmp_path)])

@@ -21,6 +21,15 @@ from typing import Any
 
 SWEEP_METHODS = ("grid", "random")
 TRAINING_COMMANDS = ("trra", "sft", "dpo")
+# What a TrRa sweep may vary while its teachers see the same rows, so that every point trains from one teacher cache
+# (the data, tokenizer, preprocessing and the teachers themselves are fixed by the recipe)
+CACHE_SAFE_KEYS = frozenset({
+    "realign_lambda", "beta", "divergence", "temperature", "learning_rate", "seed", "data_seed", "max_steps",
+    "num_train_epochs", "warmup_steps", "warmup_ratio", "lr_scheduler_type", "weight_decay", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "gradient_accumulation_steps",
+    "per_device_train_batch_size", "loss_token_chunk_size", "loss_vocab_chunk_size", "logging_steps", "save_steps",
+    "eval_steps", "save_strategy", "eval_strategy", "disable_dropout",
+})  # fmt: skip
 
 
 @dataclass
@@ -43,6 +52,10 @@ class SweepConfig:
         metric (`str`, defaults to `"train/loss"`): metric the exported wandb sweep minimises.
         export_wandb_sweep (`str`, *optional*): write the sweep as a wandb sweep YAML to this path instead of running.
         dry_run (`bool`, defaults to `False`): print the command of every point without running it.
+        teacher_cache (`bool`, defaults to `True`): for `trra`, capture the two teachers once
+            (`trl-realign cache-teachers`) and train every point from that cache, when every swept key is one that
+            leaves the teachers' inputs unchanged (λ, β, divergence, temperature, learning rate, seed, steps, ...).
+        teacher_cache_dir (`str`, *optional*): where that cache goes; defaults to `{output_dir}/teacher_cache`.
     """
 
     command: str = field(
@@ -68,6 +81,14 @@ class SweepConfig:
         default=None, metadata={"help": "Write a wandb sweep YAML (for `wandb sweep`) here instead of running."}
     )
     dry_run: bool = field(default=False, metadata={"help": "Print each point's command without running it."})
+    teacher_cache: bool = field(
+        default=True,
+        metadata={"help": "trra: capture the teachers once and train every point from the cache (when the swept keys "
+                  "leave the teachers' inputs unchanged); false runs the teachers live at every point."},
+    )
+    teacher_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where the sweep's teacher cache goes (default: {output_dir}/teacher_cache)."}
+    )
 
     def __post_init__(self):
         if isinstance(self.parameters, str):
@@ -155,11 +176,33 @@ def _flags(options: dict[str, Any]) -> list[str]:
     return flags
 
 
+def sweep_teacher_cache(config: SweepConfig) -> tuple[str | None, str]:
+    """`(folder, why)`: the teacher cache every point trains from, or `None` and why the teachers run live."""
+    if config.command != "trra":
+        return None, f"`{config.command}` has no teachers to cache"
+    if "teacher_cache" in config.overrides:
+        return config.overrides["teacher_cache"], "the overrides name it"
+    if not config.teacher_cache:
+        return None, "`teacher_cache: false`"
+    unsafe = sorted(set(config.parameters) - CACHE_SAFE_KEYS)
+    if unsafe:
+        return None, f"sweeping {unsafe} may change what the teachers see"
+    return config.teacher_cache_dir or os.path.join(config.output_dir, "teacher_cache"), "captured once for the sweep"
+
+
 def _base_args(config: SweepConfig) -> list[str]:
     args = ["--config", config.recipe] if config.recipe else []
     overrides = dict(config.overrides)
     overrides.setdefault("report_to", ["wandb"])
+    cache, _ = sweep_teacher_cache(config)
+    if cache is not None:
+        overrides["teacher_cache"] = cache
     return args + _flags(overrides)
+
+
+def capture_arguments(config: SweepConfig) -> list[str]:
+    """Arguments of `trl-realign cache-teachers` for the sweep's cache (the recipe and overrides every point shares)."""
+    return [*_base_args(config), "--output_dir", os.path.join(config.output_dir, "teacher_cache_capture")]
 
 
 def run_name_of(config: SweepConfig, index: int, point: dict[str, Any]) -> str:

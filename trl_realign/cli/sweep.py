@@ -62,11 +62,21 @@ def run_sweep(config: SweepConfig, launch_args: list[str] | None = None) -> list
     Returns:
         `list[dict]`: per point, `point`, `run_name`, `output_dir`, and for in-process runs the wandb `run_id`.
     """
-    from ..sweep import point_arguments, run_name_of, sweep_points
+    from ..sweep import capture_arguments, point_arguments, run_name_of, sweep_points, sweep_teacher_cache
     from .launch import relaunch
     from .main import main as cli_main
 
     records = []
+    cache, why = sweep_teacher_cache(config)
+    print(f"[sweep {config.group}] teacher cache: {cache or 'none'} ({why})", flush=True)
+    if cache is not None and "teacher_cache" not in config.overrides:
+        capture = capture_arguments(config)
+        if config.dry_run:
+            print("  trl-realign " + " ".join(["cache-teachers", *capture]), flush=True)
+        elif launch_args:
+            relaunch("cache-teachers", capture, list(launch_args))
+        else:
+            cli_main(["cache-teachers", *capture])
     with _environment(WANDB_RUN_GROUP=config.group, WANDB_PROJECT=config.project):
         for index, point in enumerate(sweep_points(config)):
             run_name = run_name_of(config, index, point)
@@ -103,9 +113,14 @@ def run(argv: list[str]) -> None:
     (config,) = parsed.args
     check(config)
     if config.export_wandb_sweep is not None:
+        from ..sweep import capture_arguments, sweep_teacher_cache
+
         with open(config.export_wandb_sweep, "w") as f:
             yaml.safe_dump(to_wandb_sweep(config), f, sort_keys=False)
-        print(f"Wrote the wandb sweep to {config.export_wandb_sweep}: run `wandb sweep {config.export_wandb_sweep}`, "
-              "then `wandb agent <sweep id>`.")  # fmt: skip
+        first = ""
+        if sweep_teacher_cache(config)[0] is not None and "teacher_cache" not in config.overrides:
+            first = f"`trl-realign cache-teachers {' '.join(capture_arguments(config))}` (the runs read its cache), "
+        print(f"Wrote the wandb sweep to {config.export_wandb_sweep}: run {first}`wandb sweep "
+              f"{config.export_wandb_sweep}`, then `wandb agent <sweep id>`.")  # fmt: skip
         return
     run_sweep(config, launch_args=parsed.launch_args)

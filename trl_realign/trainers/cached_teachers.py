@@ -16,8 +16,8 @@ import hashlib
 import json
 
 import torch
+from transformers import TrainerCallback
 
-from .. import __version__
 from ..data.teacher_cache import TeacherCache, TeacherCacheError, row_key
 from ..losses import TeacherHead
 
@@ -199,3 +199,18 @@ def cache_manifest_summary(cache: TeacherCache) -> dict:
         "teacher_cache_tokens": cache.offsets[-1],
     }
 
+
+
+class TeacherCacheConfigCallback(TrainerCallback):
+    """Adds the cache's manifest summary to the wandb run's config, so that a sweep's runs say what they trained from."""
+
+    def __init__(self, cache: TeacherCache):
+        self.summary = cache_manifest_summary(cache)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # After transformers' WandbCallback, which starts (or joins) the run in its own `on_train_begin`
+        if state.is_world_process_zero and "wandb" in (args.report_to or []):
+            import wandb
+
+            if wandb.run is not None:
+                wandb.config.update(self.summary, allow_val_change=True)

@@ -15,6 +15,7 @@ from .cached_teachers import (
     ROW_COLUMN,
     CachedRealignTeachers,
     CacheRowCollator,
+    TeacherCacheConfigCallback,
     attach_cache_rows,
     check_cache_matches_run,
     check_cached_teacher_name,
@@ -159,6 +160,7 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
         if student_is_reference:
             check_student_is_cached_reference(self.accelerator.unwrap_model(self.model), cache, self.vocab_size)
         self.aligned_model = self.ref_model = None
+        self.add_callback(TeacherCacheConfigCallback(cache))
         logger.info("TrRa from the teacher cache in %s: no teacher is loaded.", cache.directory)
 
     def _realign_teachers(self):
