@@ -337,4 +337,4 @@ def test_cache_teachers_command_needs_the_folder(tmp_path):
 
     with pytest.raises(ValueError, match="--teacher_cache DIR"):
         main(["cache-teachers", "--model_name_or_path", str(tmp_path), "--aligned_model_name_or_path", str(tmp_path),
-              "--dataset_name", str(tmp_path)])
+              "--dataset_name", str(tmp_path), "--use_cpu", "true", "--bf16", "false"])
