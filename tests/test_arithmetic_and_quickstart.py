@@ -120,6 +120,11 @@ def test_quickstart_end_to_end_with_tiny_budgets(tmp_path, capsys):
         assert row["mean_tokens"] == pytest.approx(sum(s["num_tokens"] for s in mine) / len(mine))
         assert row["example"] == mine[0]["completion"] and repr(row["example"]) in printed
 
+    # The students of each stage trained from one teacher cache of A and B, captured once
+    for cache in ("teacher_cache", "direct_teacher_cache"):
+        manifest = json.loads((out / "models" / cache / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["teachers"]["aligned"]["name_or_path"].endswith("B")
+
     # A second run reuses every cached model and gives the same tables
     again = run_quickstart(str(out), lambdas=(0.5, 2.0), seed=0, settings=settings)
     assert again["trra"] == tables["trra"] and again["direct_answer"] == tables["direct_answer"]

@@ -152,16 +152,31 @@ def train_aligned(path, reference_path, tokenizer, train_problems, settings: Qui
 
 
 def train_student(path, reference_path, aligned_path, realign_lambda, tokenizer, dataset, steps: int, lr: float,
-                  settings: QuickstartSettings, seed: int) -> str:
-    """An (off-policy) TrRa student: A realigned toward the λ-mixture of A and B on the completions of `dataset`."""
+                  settings: QuickstartSettings, seed: int, teacher_cache: str | None = None) -> str:
+    """
+    An (off-policy) TrRa student: A realigned toward the λ-mixture of A and B on the completions of `dataset`. With
+    `teacher_cache` (see [`capture_teachers`]) the teachers' hidden states are read from it and B is never loaded.
+    """
     from .trainers import TrRaConfig, TrRaTrainer
 
     args = _trainer_args(TrRaConfig, path + ".run", steps, lr, settings.batch_size, seed,
-                         realign_lambda=realign_lambda)
-    trainer = TrRaTrainer(model=_load(reference_path), aligned_model=_load(aligned_path), args=args,
-                          train_dataset=dataset, processing_class=tokenizer)
+                         realign_lambda=realign_lambda, teacher_cache=teacher_cache)
+    teachers = {} if teacher_cache else {"aligned_model": _load(aligned_path)}
+    trainer = TrRaTrainer(model=_load(reference_path), args=args, train_dataset=dataset, processing_class=tokenizer,
+                          **teachers)
     trainer.train()
     return _finish(trainer, path, tokenizer)
+
+
+def capture_teachers(path, reference_path, aligned_path, tokenizer, dataset, settings: QuickstartSettings,
+                     seed: int) -> str:
+    """A teacher cache of A and B over `dataset`, captured once for all the TrRa students of a stage."""
+    from .trainers import TrRaConfig, build_teacher_cache
+
+    args = _trainer_args(TrRaConfig, path + ".run", 1, 1e-5, settings.batch_size, seed, teacher_cache=path)
+    build_teacher_cache(_load(reference_path), aligned_path, args, dataset, processing_class=tokenizer)
+    shutil.rmtree(path + ".run", ignore_errors=True)
+    return path
 
 
 def train_adapter(path, reference_path, tokenizer, train_problems, settings: QuickstartSettings, seed: int) -> str:
@@ -221,6 +236,19 @@ def _with_reduction(rows: list[dict], base_tokens: float) -> list[dict]:
     return rows
 
 
+def _complete_cache(path: str) -> bool:
+    from .data.teacher_cache import read_manifest
+
+    return os.path.isdir(path) and bool((read_manifest(path) or {}).get("complete"))
+
+
+def _teacher_cache_for(models_dir: str, cached, name: str, students: list[str], capture) -> str | None:
+    """The stage's teacher cache, captured only if some of its students still have to be trained."""
+    if all(os.path.exists(os.path.join(models_dir, student, "config.json")) for student in students):
+        return None
+    return cached(name, capture)
+
+
 def run_direct_answer_stage(output_dir: str, cached, tokenizer, settings: QuickstartSettings, seed: int) -> list[dict]:
     """
     The second stage: the largest-digit task, where B answers at once. Trains A (scans the digits) and B (A fine-tuned
@@ -244,9 +272,14 @@ def run_direct_answer_stage(output_dir: str, cached, tokenizer, settings: Quicks
                                                     seed))  # fmt: skip
     named = [("A", path_a, 0.0)]
     prompts = traces.select_columns(["prompt"])
+    teacher_cache = _teacher_cache_for(
+        os.path.join(output_dir, "models"), cached, "direct_teacher_cache", [f"direct_trra_lambda{lam:g}" for lam in direct.lambdas],
+        lambda p: capture_teachers(p, path_a, path_b, tokenizer, traces, settings, seed),
+    )
     for lam in direct.lambdas:
         off = cached(f"direct_trra_lambda{lam:g}", lambda p, lam=lam: train_student(
-            p, path_a, path_b, lam, tokenizer, traces, direct.offpolicy_steps, direct.student_lr, settings, seed))
+            p, path_a, path_b, lam, tokenizer, traces, direct.offpolicy_steps, direct.student_lr, settings, seed,
+            teacher_cache=teacher_cache))
         on = cached(f"direct_onpolicy_trra_lambda{lam:g}", lambda p, lam=lam: train_onpolicy_student(
             p, path_a, path_b, lam, tokenizer, prompts, settings, seed))
         named += [(f"off-policy λ={lam:g}", off, lam), (f"on-policy λ={lam:g}", on, lam)]
@@ -302,7 +335,7 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
 
     def cached(name, train_fn):
         path = os.path.join(models_dir, name)
-        if os.path.exists(os.path.join(path, "config.json")):
+        if os.path.exists(os.path.join(path, "config.json")) or _complete_cache(path):
             logger.info("Reusing %s from %s", name, path)
             return path
         return train_fn(path)
@@ -323,13 +356,19 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
     path_b = cached("B", lambda p: train_aligned(p, path_a, tokenizer, train_problems, settings, seed))
     progress.update()
     students = {}
+    student_data = arithmetic_dataset(train_problems, "mixed", seed)
+    # A and B run once over the students' data; every student then trains from their cached hidden states
+    stage("capturing A and B for the students")
+    teacher_cache = _teacher_cache_for(
+        models_dir, cached, "teacher_cache", [f"trra_lambda{lam:g}" for lam in settings.lambdas],
+        lambda p: capture_teachers(p, path_a, path_b, tokenizer, student_data, settings, seed),
+    )
     for lam in settings.lambdas:
         stage(f"TrRa student λ={lam:g}")
         students[lam] = cached(
             f"trra_lambda{lam:g}",
-            lambda p, lam=lam: train_student(p, path_a, path_b, lam, tokenizer,
-                                             arithmetic_dataset(train_problems, "mixed", seed), settings.student_steps,
-                                             settings.student_lr, settings, seed),
+            lambda p, lam=lam: train_student(p, path_a, path_b, lam, tokenizer, student_data, settings.student_steps,
+                                             settings.student_lr, settings, seed, teacher_cache=teacher_cache),
         )
         progress.update()
 
