@@ -277,6 +277,26 @@ def test_lmbda_zero_trains_on_dataset_completions(tmp_path, tokenizer):
         assert ids == expected[prompt]
 
 
+def test_dataset_completion_stops_at_the_first_eos_when_the_template_writes_past_it(tmp_path, tokenizer):
+    from trl_realign.data.tokenizer import CHAT_TEMPLATE
+
+    # As ChatML's `<|im_end|>\n`: text after the end-of-turn token, which a sample never trains (it stops at its EOS)
+    chat_tokenizer = copy.deepcopy(tokenizer)
+    chat_tokenizer.chat_template = CHAT_TEMPLATE.replace("+ eos_token }}", "+ eos_token + '\\n' }}")
+    answers = {p: str(eval(p[:-1])) for p in PROMPTS}
+    rows = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": answer}]}
+            for p, answer in answers.items()]  # fmt: skip
+    a, b = models(tokenizer)
+    trainer = OnPolicyTrRaTrainer(model=fresh(a), aligned_model=b, args=make_args(tmp_path, lmbda=0.0),
+                                  train_dataset=Dataset.from_list(rows), processing_class=chat_tokenizer)  # fmt: skip
+    inputs = generation_batch(trainer)
+    eos = tokenizer.eos_token_id
+    expected = {tuple(tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]) for answer in answers.values()}
+    completions = zip(inputs["completion_ids"], inputs["completion_mask"], strict=True)
+    scored = [tuple(ids[mask.bool()].tolist()) for ids, mask in completions]
+    assert set(scored) <= expected, [tokenizer.convert_ids_to_tokens(ids) for ids in scored]
+
+
 def test_lmbda_below_one_needs_a_completion_column(tmp_path, tokenizer):
     a, b = models(tokenizer)
     with pytest.raises(ValueError, match="completion"):

@@ -152,7 +152,7 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
         ]
 
     def _tokenize_completion(self, prompt, completion, prompt_ids) -> list[int]:
-        """The dataset's completion as the token ids that follow `prompt_ids`, ending with EOS like a sample."""
+        """The dataset's completion as the token ids after `prompt_ids`, ending at its first EOS like a sample."""
         if is_conversational({"prompt": prompt}):
             full = self.processing_class.apply_chat_template(
                 prompt + completion, tokenize=True, return_dict=True, **self.chat_template_kwargs
@@ -165,9 +165,12 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
             ids = list(full[len(prompt_ids) :])
         else:
             ids = self.processing_class(text=completion, add_special_tokens=False)["input_ids"]
-        if not ids or ids[-1] not in self.eos_token_ids:
-            ids.append(self._tokenizer.eos_token_id)
-        return ids
+        # Templates that write past the end-of-turn token (ChatML's `<|im_end|>\n`, Gemma's) would otherwise train
+        # that text and a second EOS, which a sample never contains
+        first_eos = next((i for i, token in enumerate(ids) if token in self.eos_token_ids), None)
+        if first_eos is None:
+            return [*ids, self._tokenizer.eos_token_id]
+        return ids[: first_eos + 1]
 
     # ------------------------------------------------------------------ loss
 
