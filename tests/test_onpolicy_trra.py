@@ -441,6 +441,26 @@ def test_layer_adapter_variant_trains_only_the_adapter_toward_the_bypassed_refer
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_layer_adapter_reference_runs_without_dropout_and_leaves_the_students_modes(tmp_path, tokenizer):
+    from trl_realign import LayerAdapterOnPolicyTrRaConfig, LayerAdapterOnPolicyTrRaTrainer
+    from trl_realign.trainers.realign_teachers import STAT_NAMES
+
+    # Attention dropout is no nn.Dropout that disable_dropout could zero, and on-policy keeps dropout by default
+    base = tiny_causal_lm("qwen2", seed=0, vocab_size=len(tokenizer), attention_dropout=0.5)
+    _, b = models(tokenizer, family="qwen2")
+    args = LayerAdapterOnPolicyTrRaConfig(**on_policy_kwargs(tmp_path, realign_lambda=0.0))
+    assert args.disable_dropout is False
+    trainer = LayerAdapterOnPolicyTrRaTrainer(base, aligned_model=b, args=args, train_dataset=prompt_dataset(),
+                                              processing_class=tokenizer)  # fmt: skip
+    inputs = generation_batch(trainer)
+    teacher_entropy = []
+    for _ in range(3):
+        trainer.compute_loss(trainer.model, inputs)
+        teacher_entropy.append(trainer._loss_stats[STAT_NAMES.index("teacher_entropy")].item())
+    assert teacher_entropy[0] == teacher_entropy[1] == teacher_entropy[2]  # at λ = 0 the teacher is A alone
+    assert all(module.training for module in trainer.model.modules())
+
+
 @pytest.mark.parametrize("config_cls", ["TrRaConfig", "OnPolicyTrRaConfig"])
 @pytest.mark.parametrize(
     "kwargs,match",
