@@ -442,6 +442,30 @@ def test_peft_student_with_a_trained_adapter_is_realigned_from_its_starting_poli
         torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_peft_init_that_rewrites_the_base_weights_keeps_the_given_model_as_reference(tmp_path, tokenizer, init):
+    from peft import LoraConfig
+
+    a, b = models(tokenizer=tokenizer)
+    original = copy.deepcopy(a)
+    # PiSSA and OLoRA move the base weights' principal part into the adapter: with adapters off, a residual model
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=0.0),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=init))
+    batch = first_batch(trainer)
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        expected = original(**kwargs).logits
+        torch.testing.assert_close(trainer.model(**kwargs).logits, expected, atol=1e-5, rtol=1e-5)  # the student
+        if trainer.ref_model is None:
+            with trainer.model.disable_adapter():
+                reference = trainer.model(**kwargs).logits
+        else:
+            reference = trainer.ref_model(**kwargs).logits
+        torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-5)
+        assert trainer.compute_loss(trainer.model, batch).item() < 1e-6  # λ = 0: the student starts on A
+
+
 def test_dropout_is_disabled_in_student_and_teachers_by_default(tmp_path, tokenizer):
     from peft import LoraConfig
 

@@ -44,6 +44,9 @@ redirect_forward = forward_redirection()
 
 # The frozen copy of a PEFT student's starting adapter that serves as reference A (DPOTrainer keeps one as "ref")
 REF_ADAPTER = "realign_ref"
+# LoRA inits that leave the base weights alone; the others (PiSSA, OLoRA, CorDA, LoRA-GA, LoftQ) move part of them into
+# the adapter, so that the network with adapters off is a residual model and not the model the user passed
+_BASE_PRESERVING_LORA_INITS = ("gaussian", "eva", "mica", "orthogonal")
 # Order of the statistics `realign_loss` returns (sums over this process's micro-batch)
 STAT_NAMES = ("num_tokens", "divergence", "student_entropy", "teacher_entropy", "num_sequences")
 
@@ -82,7 +85,8 @@ def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
     `aligned_model` defaults to `args.aligned_model_name_or_path` (required). `ref_model` defaults to
     `args.ref_model_name_or_path`, else to the student's starting weights: the student's own name, a frozen deep copy,
     or, for a PEFT student, `None`: A is then the student's own network as it starts, with no second copy of the base.
-    A fresh adapter (`peft_config`) starts as the identity, so A is the network with adapters off; a PEFT student that
+    A fresh adapter (`peft_config`) starts as the identity, so A is the network with adapters off, unless its init
+    rewrites the base weights (PiSSA, OLoRA, ...): A is then copied as for a plain student. A PEFT student that
     already carries a trained adapter gets, as in `DPOTrainer`, a frozen copy of that adapter ([`REF_ADAPTER`]), so
     that A is the starting policy and not the bare base.
 
@@ -97,9 +101,10 @@ def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
         )
     ref_model = ref_model if ref_model is not None else args.ref_model_name_or_path
     peft_student = peft_config is not None or is_peft_model(model)
+    rewrites_base = not is_peft_model(model) and _init_rewrites_base_weights(peft_config)
 
     # The copy must be taken before the trainer patches the student's forward and before PEFT wraps it
-    if ref_model is None and not peft_student:
+    if ref_model is None and (not peft_student or rewrites_base):
         if isinstance(model, str):
             ref_model = model
         elif is_deepspeed_zero3_enabled():
@@ -116,6 +121,11 @@ def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
     elif ref_model is not None and peft_student:
         logger.info("A PEFT student was given together with `ref_model`: the given reference is used.")
     return ref_model, aligned_model
+
+
+def _init_rewrites_base_weights(peft_config) -> bool:
+    init = getattr(peft_config, "init_lora_weights", True)
+    return isinstance(init, str) and init.lower() not in _BASE_PRESERVING_LORA_INITS
 
 
 def _add_reference_adapter(model) -> None:
