@@ -334,6 +334,32 @@ def test_soft_capped_teacher_is_rejected(tmp_path, tokenizer):
                     processing_class=tokenizer)
 
 
+def test_falcon_h1_lm_head_multiplier_is_refused_without_the_probe():
+    from transformers import AutoModelForCausalLM, FalconH1Config
+
+    from trl_realign.modeling.checks import check_linear_output_head
+
+    # Falcon-H1's logits are `lm_head(h) · lm_head_multiplier`; under ZeRO-3 only the config can tell (no probe)
+    falcon = AutoModelForCausalLM.from_config(FalconH1Config(
+        vocab_size=103, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1,
+        mamba_d_state=8, mamba_chunk_size=16, lm_head_multiplier=0.5))  # fmt: skip
+    with pytest.raises(ValueError, match="post-processes its logits.*lm_head_multiplier=0.5"):
+        check_linear_output_head(falcon, "aligned model", probe=False)
+
+
+@pytest.mark.parametrize("attribute,value", [("logits_soft_cap", 30.0), ("logits_mup_width_multiplier", 24.0)])
+def test_other_logit_post_processing_configs_are_refused_without_the_probe(attribute, value):
+    from trl_realign.modeling.checks import check_linear_output_head
+
+    model = tiny_causal_lm("llama", vocab_size=103)
+    setattr(model.config, attribute, value)  # RecurrentGemma's soft cap, Inkling's division of h before the head
+    with pytest.raises(ValueError, match=f"post-processes its logits.*{attribute}"):
+        check_linear_output_head(model, "reference model", probe=False)
+    setattr(model.config, attribute, None if attribute == "logits_soft_cap" else 1.0)
+    check_linear_output_head(model, "reference model", probe=False)  # no cap, or a multiplier of 1
+
+
 def test_trra_iter_uses_previous_result_as_aligned_model(tmp_path, tokenizer, monkeypatch):
     import trl_realign.trainers.trra_iter as trra_iter
 

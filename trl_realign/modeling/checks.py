@@ -15,6 +15,14 @@ from .model_parts import decoder_of
 
 logger = logging.getLogger(__name__)
 
+# Config attributes with which transformers' causal LMs post-process logits beyond `lm_head(last_hidden_state)`: caps
+# (Gemma's, RecurrentGemma's) apply whenever set; the scales (Cohere, Granite and MiniCPM3, Falcon-H1, Muse, Inkling's
+# division of the hidden state before the head) unless they are 1
+_LOGIT_SOFT_CAPS = ("final_logit_softcapping", "logits_soft_cap")
+_LOGIT_SCALES = (
+    "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier", "logits_mup_width_multiplier",
+)  # fmt: skip
+
 
 def check_same_tokenizer(
     tokenizer: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase, role: str
@@ -81,9 +89,9 @@ def check_linear_output_head(model: PreTrainedModel, role: str, probe: bool = Tr
     the head applied to the backbone's output and catches the rest (skipped where weights are sharded, e.g. ZeRO-3).
     """
     config = model.config.get_text_config()
-    for attribute in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
+    for attribute in (*_LOGIT_SOFT_CAPS, *_LOGIT_SCALES):
         value = getattr(config, attribute, None)
-        if value is not None and not (attribute != "final_logit_softcapping" and value == 1.0):
+        if value is not None and not (attribute in _LOGIT_SCALES and value == 1.0):
             raise ValueError(
                 f"The {role} ({config.model_type}) post-processes its logits (`{attribute}={value}`), so they are not "
                 "linear in its last hidden state and the fused teacher head would be wrong. Use a model family without "
