@@ -345,6 +345,18 @@ def test_teachers_loaded_by_path(tmp_path, tokenizer):
     torch.testing.assert_close(trainer.ref_model.state_dict(), a.state_dict(), atol=0, rtol=0)
 
 
+def test_multimodal_processor_is_refused(tmp_path, tokenizer):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    # Sampling would hand the student the processor's images, which the loss never forwards
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=copy.deepcopy(tokenizer),
+                               chat_template=tokenizer.chat_template)  # fmt: skip
+    a, b = models(tokenizer)
+    with pytest.raises(ValueError, match="multimodal processor \\(LlavaProcessor\\).*tokenizer"):
+        OnPolicyTrRaTrainer(model=fresh(a), aligned_model=b, args=make_args(tmp_path), train_dataset=prompt_dataset(),
+                            processing_class=processor)  # fmt: skip
+
+
 def test_soft_capped_teacher_is_rejected(tmp_path, tokenizer):
     a, b = models(tokenizer)
     b.config.final_logit_softcapping = 30.0

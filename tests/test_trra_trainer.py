@@ -360,6 +360,49 @@ def test_other_logit_post_processing_configs_are_refused_without_the_probe(attri
     check_linear_output_head(model, "reference model", probe=False)  # no cap, or a multiplier of 1
 
 
+def tiny_llava(tokenizer):
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from trl_realign.testing import tiny_config
+
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=28, patch_size=14)  # fmt: skip
+    config = LlavaConfig(text_config=tiny_config("llama", vocab_size=len(tokenizer)), vision_config=vision,
+                         image_token_index=len(tokenizer) - 1)  # fmt: skip
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize("role", ["model", "aligned_model", "ref_model"])
+def test_vision_language_models_are_refused(tmp_path, tokenizer, role):
+    # The loss forwards only text: a VLM's images would never reach it
+    a, b = models(tokenizer=tokenizer)
+    kwargs = {"model": fresh(a), "aligned_model": b, "ref_model": a, role: tiny_llava(tokenizer)}
+    with pytest.raises(ValueError, match="LlavaForConditionalGeneration.*pixel_values.*text-only"):
+        TrRaTrainer(args=make_args(tmp_path), train_dataset=pc_dataset(), processing_class=tokenizer, **kwargs)
+
+
+def test_multimodal_processor_is_refused(tmp_path, tokenizer):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=copy.deepcopy(tokenizer),
+                               chat_template=tokenizer.chat_template)  # fmt: skip
+    a, b = models(tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="LlavaProcessor.*tokenizer"):
+        TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                    processing_class=processor)  # fmt: skip
+
+
+def test_batch_with_image_inputs_is_refused(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                          processing_class=tokenizer)  # fmt: skip
+    batch = first_batch(trainer)
+    batch["pixel_values"] = torch.zeros(len(batch["input_ids"]), 3, 28, 28)
+    with pytest.raises(ValueError, match="pixel_values"):
+        trainer.compute_loss(trainer.model, batch)
+
+
 def test_trra_iter_uses_previous_result_as_aligned_model(tmp_path, tokenizer, monkeypatch):
     import trl_realign.trainers.trra_iter as trra_iter
 

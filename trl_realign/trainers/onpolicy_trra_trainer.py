@@ -8,6 +8,7 @@ from transformers import PreTrainedModel
 from trl import DistillationTrainer
 from trl.data_utils import is_conversational
 
+from ..modeling.checks import check_text_processing_class
 from .onpolicy_trra_config import OnPolicyTrRaConfig
 from .paper import REALIGN_PAPER
 from .realign_teachers import (
@@ -90,6 +91,8 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
                     f"column, which the training dataset lacks (it has {columns}). Add the column or set `lmbda=1`."
                 )
 
+        # Before DistillationTrainer's set-up for vision-language models, which fails on a text model's config
+        check_text_processing_class(processing_class)
         # Before the student is wrapped: A defaults to a copy of its starting weights
         ref_model, aligned_model = resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config)
         super().__init__(

@@ -27,7 +27,14 @@ from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
 from .._compat import forward_redirection
 from ..losses import TeacherHead, streamed_realign_divergence
-from ..modeling.checks import check_linear_output_head, check_tokenizer_of, check_vocab_rows
+from ..modeling.checks import (
+    check_linear_output_head,
+    check_text_batch,
+    check_text_only,
+    check_text_processing_class,
+    check_tokenizer_of,
+    check_vocab_rows,
+)
 from ..modeling.model_parts import decoder_of, is_peft_model, unwrap_peft
 
 
@@ -172,11 +179,13 @@ def check_realign_models(student, teachers: dict, tokenizer, vocab_size: int) ->
     """The student and every teacher (`{role: model or None}`) can be mixed at the logit level over the tokenizer."""
     probe = not is_deepspeed_zero3_enabled()
     student = unwrap_peft(student)
+    check_text_only(student, "student")
     check_linear_output_head(student, "student", probe=probe)
     check_vocab_rows(student, vocab_size, "student")
     for role, teacher in teachers.items():
         if teacher is None:
             continue
+        check_text_only(teacher, role)
         check_linear_output_head(teacher, role, probe=probe)
         check_vocab_rows(teacher, vocab_size, role)
         check_tokenizer_of(teacher, tokenizer, role)
@@ -195,6 +204,7 @@ class RealignTeachersMixin:
                 "The student has no trainable parameters (was it frozen, e.g. by being passed as a teacher before?). "
                 "Pass a model whose parameters require gradients, e.g. `copy.deepcopy(model).requires_grad_(True)`."
             )
+        check_text_processing_class(self.processing_class)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         aligned_model = load_teacher(aligned_model, "aligned model", self.args)
         ref_model = load_teacher(ref_model, "reference model", self.args) if ref_model is not None else None
@@ -290,6 +300,7 @@ def realign_loss(
         `(loss, stats)`: the scalar loss, and a detached float tensor of this process's sums in the order of
         [`STAT_NAMES`], for the caller to gather (outside the wrapped forward) and log.
     """
+    check_text_batch(inputs)
     backbone_inputs = {key: inputs[key] for key in _BACKBONE_KEYS if key in inputs}
     mask = scored_mask(inputs)
 
