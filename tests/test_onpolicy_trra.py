@@ -277,6 +277,26 @@ def test_lmbda_zero_trains_on_dataset_completions(tmp_path, tokenizer):
         assert ids == expected[prompt]
 
 
+def test_dataset_completion_stops_at_the_first_eos_when_the_template_writes_past_it(tmp_path, tokenizer):
+    from trl_realign.data.tokenizer import CHAT_TEMPLATE
+
+    # As ChatML's `<|im_end|>\n`: text after the end-of-turn token, which a sample never trains (it stops at its EOS)
+    chat_tokenizer = copy.deepcopy(tokenizer)
+    chat_tokenizer.chat_template = CHAT_TEMPLATE.replace("+ eos_token }}", "+ eos_token + '\\n' }}")
+    answers = {p: str(eval(p[:-1])) for p in PROMPTS}
+    rows = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": answer}]}
+            for p, answer in answers.items()]  # fmt: skip
+    a, b = models(tokenizer)
+    trainer = OnPolicyTrRaTrainer(model=fresh(a), aligned_model=b, args=make_args(tmp_path, lmbda=0.0),
+                                  train_dataset=Dataset.from_list(rows), processing_class=chat_tokenizer)  # fmt: skip
+    inputs = generation_batch(trainer)
+    eos = tokenizer.eos_token_id
+    expected = {tuple(tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]) for answer in answers.values()}
+    completions = zip(inputs["completion_ids"], inputs["completion_mask"], strict=True)
+    scored = [tuple(ids[mask.bool()].tolist()) for ids, mask in completions]
+    assert set(scored) <= expected, [tokenizer.convert_ids_to_tokens(ids) for ids in scored]
+
+
 def test_lmbda_below_one_needs_a_completion_column(tmp_path, tokenizer):
     a, b = models(tokenizer)
     with pytest.raises(ValueError, match="completion"):
@@ -323,6 +343,18 @@ def test_teachers_loaded_by_path(tmp_path, tokenizer):
                                   processing_class=tokenizer)  # fmt: skip
     assert not any(p.requires_grad for m in (trainer.ref_model, trainer.aligned_model) for p in m.parameters())
     torch.testing.assert_close(trainer.ref_model.state_dict(), a.state_dict(), atol=0, rtol=0)
+
+
+def test_multimodal_processor_is_refused(tmp_path, tokenizer):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    # Sampling would hand the student the processor's images, which the loss never forwards
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=copy.deepcopy(tokenizer),
+                               chat_template=tokenizer.chat_template)  # fmt: skip
+    a, b = models(tokenizer)
+    with pytest.raises(ValueError, match="multimodal processor \\(LlavaProcessor\\).*tokenizer"):
+        OnPolicyTrRaTrainer(model=fresh(a), aligned_model=b, args=make_args(tmp_path), train_dataset=prompt_dataset(),
+                            processing_class=processor)  # fmt: skip
 
 
 def test_soft_capped_teacher_is_rejected(tmp_path, tokenizer):
@@ -419,6 +451,26 @@ def test_layer_adapter_variant_trains_only_the_adapter_toward_the_bypassed_refer
     loss = trainer.compute_loss(trainer.model, inputs)
     expected = naive_loss(trainer.model, base, b, inputs, 2.0, 1.0, 1.0, vocab=len(tokenizer))
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_adapter_reference_runs_without_dropout_and_leaves_the_students_modes(tmp_path, tokenizer):
+    from trl_realign import LayerAdapterOnPolicyTrRaConfig, LayerAdapterOnPolicyTrRaTrainer
+    from trl_realign.trainers.realign_teachers import STAT_NAMES
+
+    # Attention dropout is no nn.Dropout that disable_dropout could zero, and on-policy keeps dropout by default
+    base = tiny_causal_lm("qwen2", seed=0, vocab_size=len(tokenizer), attention_dropout=0.5)
+    _, b = models(tokenizer, family="qwen2")
+    args = LayerAdapterOnPolicyTrRaConfig(**on_policy_kwargs(tmp_path, realign_lambda=0.0))
+    assert args.disable_dropout is False
+    trainer = LayerAdapterOnPolicyTrRaTrainer(base, aligned_model=b, args=args, train_dataset=prompt_dataset(),
+                                              processing_class=tokenizer)  # fmt: skip
+    inputs = generation_batch(trainer)
+    teacher_entropy = []
+    for _ in range(3):
+        trainer.compute_loss(trainer.model, inputs)
+        teacher_entropy.append(trainer._loss_stats[STAT_NAMES.index("teacher_entropy")].item())
+    assert teacher_entropy[0] == teacher_entropy[1] == teacher_entropy[2]  # at λ = 0 the teacher is A alone
+    assert all(module.training for module in trainer.model.modules())
 
 
 @pytest.mark.parametrize("config_cls", ["TrRaConfig", "OnPolicyTrRaConfig"])

@@ -334,6 +334,75 @@ def test_soft_capped_teacher_is_rejected(tmp_path, tokenizer):
                     processing_class=tokenizer)
 
 
+def test_falcon_h1_lm_head_multiplier_is_refused_without_the_probe():
+    from transformers import AutoModelForCausalLM, FalconH1Config
+
+    from trl_realign.modeling.checks import check_linear_output_head
+
+    # Falcon-H1's logits are `lm_head(h) · lm_head_multiplier`; under ZeRO-3 only the config can tell (no probe)
+    falcon = AutoModelForCausalLM.from_config(FalconH1Config(
+        vocab_size=103, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1,
+        mamba_d_state=8, mamba_chunk_size=16, lm_head_multiplier=0.5))  # fmt: skip
+    with pytest.raises(ValueError, match="post-processes its logits.*lm_head_multiplier=0.5"):
+        check_linear_output_head(falcon, "aligned model", probe=False)
+
+
+@pytest.mark.parametrize("attribute,value", [("logits_soft_cap", 30.0), ("logits_mup_width_multiplier", 24.0)])
+def test_other_logit_post_processing_configs_are_refused_without_the_probe(attribute, value):
+    from trl_realign.modeling.checks import check_linear_output_head
+
+    model = tiny_causal_lm("llama", vocab_size=103)
+    setattr(model.config, attribute, value)  # RecurrentGemma's soft cap, Inkling's division of h before the head
+    with pytest.raises(ValueError, match=f"post-processes its logits.*{attribute}"):
+        check_linear_output_head(model, "reference model", probe=False)
+    setattr(model.config, attribute, None if attribute == "logits_soft_cap" else 1.0)
+    check_linear_output_head(model, "reference model", probe=False)  # no cap, or a multiplier of 1
+
+
+def tiny_llava(tokenizer):
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from trl_realign.testing import tiny_config
+
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=28, patch_size=14)  # fmt: skip
+    config = LlavaConfig(text_config=tiny_config("llama", vocab_size=len(tokenizer)), vision_config=vision,
+                         image_token_index=len(tokenizer) - 1)  # fmt: skip
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize("role", ["model", "aligned_model", "ref_model"])
+def test_vision_language_models_are_refused(tmp_path, tokenizer, role):
+    # The loss forwards only text: a VLM's images would never reach it
+    a, b = models(tokenizer=tokenizer)
+    kwargs = {"model": fresh(a), "aligned_model": b, "ref_model": a, role: tiny_llava(tokenizer)}
+    with pytest.raises(ValueError, match="LlavaForConditionalGeneration.*pixel_values.*text-only"):
+        TrRaTrainer(args=make_args(tmp_path), train_dataset=pc_dataset(), processing_class=tokenizer, **kwargs)
+
+
+def test_multimodal_processor_is_refused(tmp_path, tokenizer):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=copy.deepcopy(tokenizer),
+                               chat_template=tokenizer.chat_template)  # fmt: skip
+    a, b = models(tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="LlavaProcessor.*tokenizer"):
+        TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                    processing_class=processor)  # fmt: skip
+
+
+def test_batch_with_image_inputs_is_refused(tmp_path, tokenizer):
+    a, b = models(tokenizer=tokenizer)
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path), train_dataset=pc_dataset(),
+                          processing_class=tokenizer)  # fmt: skip
+    batch = first_batch(trainer)
+    batch["pixel_values"] = torch.zeros(len(batch["input_ids"]), 3, 28, 28)
+    with pytest.raises(ValueError, match="pixel_values"):
+        trainer.compute_loss(trainer.model, batch)
+
+
 def test_trra_iter_uses_previous_result_as_aligned_model(tmp_path, tokenizer, monkeypatch):
     import trl_realign.trainers.trra_iter as trra_iter
 
@@ -440,6 +509,30 @@ def test_peft_student_with_a_trained_adapter_is_realigned_from_its_starting_poli
     assert expected.item() > 0
     with torch.no_grad():
         torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_peft_init_that_rewrites_the_base_weights_keeps_the_given_model_as_reference(tmp_path, tokenizer, init):
+    from peft import LoraConfig
+
+    a, b = models(tokenizer=tokenizer)
+    original = copy.deepcopy(a)
+    # PiSSA and OLoRA move the base weights' principal part into the adapter: with adapters off, a residual model
+    trainer = TrRaTrainer(model=a, aligned_model=b, args=make_args(tmp_path, realign_lambda=0.0),
+                          train_dataset=pc_dataset(), processing_class=tokenizer,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=init))
+    batch = first_batch(trainer)
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        expected = original(**kwargs).logits
+        torch.testing.assert_close(trainer.model(**kwargs).logits, expected, atol=1e-5, rtol=1e-5)  # the student
+        if trainer.ref_model is None:
+            with trainer.model.disable_adapter():
+                reference = trainer.model(**kwargs).logits
+        else:
+            reference = trainer.ref_model(**kwargs).logits
+        torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-5)
+        assert trainer.compute_loss(trainer.model, batch).item() < 1e-6  # λ = 0: the student starts on A
 
 
 def test_dropout_is_disabled_in_student_and_teachers_by_default(tmp_path, tokenizer):

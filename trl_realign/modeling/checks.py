@@ -2,18 +2,65 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 from .._compat import full_shape
-from .model_parts import decoder_of
+from .model_parts import decoder_of, unwrap_peft
 
 
 logger = logging.getLogger(__name__)
+
+# Config attributes with which transformers' causal LMs post-process logits beyond `lm_head(last_hidden_state)`: caps
+# (Gemma's, RecurrentGemma's) apply whenever set; the scales (Cohere, Granite and MiniCPM3, Falcon-H1, Muse, Inkling's
+# division of the hidden state before the head) unless they are 1
+_LOGIT_SOFT_CAPS = ("final_logit_softcapping", "logits_soft_cap")
+_LOGIT_SCALES = (
+    "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier", "logits_mup_width_multiplier",
+)  # fmt: skip
+# Words in the names of the inputs through which transformers' models take images, video and audio (`pixel_values`,
+# `image_grid_thw`, `input_features`, `mm_token_type_ids`, ...)
+_MULTIMODAL_INPUT_WORDS = ("pixel", "image", "video", "audio", "speech", "input_features", "input_values", "mm_token")
+
+
+def multimodal_inputs(names) -> list[str]:
+    """Those of `names` (input names or batch keys) that carry images, video or audio."""
+    return [name for name in names if any(word in name for word in _MULTIMODAL_INPUT_WORDS)]
+
+
+def check_text_only(model: PreTrainedModel, role: str) -> None:
+    """Realignment forwards only text to its models: refuse one that takes images, video or audio."""
+    model = unwrap_peft(model)
+    taken = multimodal_inputs(inspect.signature(model.forward).parameters)
+    if taken:
+        raise ValueError(
+            f"The {role} ({type(model).__name__}) is multimodal: it takes `{taken[0]}`, which realignment never "
+            "forwards to its models. Use a text-only causal LM (e.g. the `...ForCausalLM` of its language part)."
+        )
+
+
+def check_text_batch(inputs) -> None:
+    """Refuse a batch that carries images, video or audio: the loss would train on the text around them alone."""
+    carried = multimodal_inputs(inputs)
+    if carried:
+        raise ValueError(
+            f"The batch carries {', '.join(f'`{key}`' for key in carried)}, which realignment never forwards to its "
+            "models (it trains on text only): use text-only data, a tokenizer and text-only models."
+        )
+
+
+def check_text_processing_class(processing_class) -> None:
+    """A processor (as a vision-language model's) prepares inputs realignment never forwards: refuse it."""
+    if isinstance(processing_class, ProcessorMixin):
+        raise ValueError(
+            f"The processing class is a multimodal processor ({type(processing_class).__name__}), whose images or "
+            "audio realignment never forwards to its models: pass its tokenizer (`processor.tokenizer`) and text data."
+        )
 
 
 def check_same_tokenizer(
@@ -81,9 +128,9 @@ def check_linear_output_head(model: PreTrainedModel, role: str, probe: bool = Tr
     the head applied to the backbone's output and catches the rest (skipped where weights are sharded, e.g. ZeRO-3).
     """
     config = model.config.get_text_config()
-    for attribute in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
+    for attribute in (*_LOGIT_SOFT_CAPS, *_LOGIT_SCALES):
         value = getattr(config, attribute, None)
-        if value is not None and not (attribute != "final_logit_softcapping" and value == 1.0):
+        if value is not None and not (attribute in _LOGIT_SCALES and value == 1.0):
             raise ValueError(
                 f"The {role} ({config.model_type}) post-processes its logits (`{attribute}={value}`), so they are not "
                 "linear in its last hidden state and the fused teacher head would be wrong. Use a model family without "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -16,7 +18,9 @@ class AdapterBypassedModel(nn.Module):
     Stands in for a reference model wherever TRL or TrRa expect one: calling it runs the model's forward inside
     [`bypass_layer_adapter`], `base_model` runs its bypassed decoder, and `get_output_embeddings` is the model's own
     head. The model is held outside the module tree, so this module has no parameters of its own: freezing, `eval()`
-    or device moves applied to it leave the trained model alone.
+    or device moves applied to it leave the trained model alone, except that while this module is in eval mode its
+    calls run the model in eval mode (no dropout in a reference, even inside the training student's forward) and then
+    give every module its own mode back.
     """
 
     def __init__(self, model: nn.Module):
@@ -40,7 +44,7 @@ class AdapterBypassedModel(nn.Module):
         decoder = decoder_of(self.model)
 
         def bypassed_decoder(*args, **kwargs):
-            with bypass_layer_adapter(self.model):
+            with self._bypassed():
                 return decoder(*args, **kwargs)
 
         return bypassed_decoder
@@ -49,8 +53,21 @@ class AdapterBypassedModel(nn.Module):
         return self.model.get_output_embeddings()
 
     def forward(self, *args, **kwargs):
-        with bypass_layer_adapter(self.model):
+        with self._bypassed():
             return self.model(*args, **kwargs)
+
+    @contextmanager
+    def _bypassed(self):
+        # `eval()` on this module reaches no module of the model, which it does not own
+        modes = [(module, module.training) for module in self.model.modules()]
+        if not self.training:
+            self.model.eval()
+        try:
+            with bypass_layer_adapter(self.model):
+                yield
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def state_dict(self, *args, **kwargs):
         # The original model's weights (what TRL hashes to key its cache of precomputed reference log-probs)

@@ -8,6 +8,7 @@ from transformers import PreTrainedModel
 from trl import DistillationTrainer
 from trl.data_utils import is_conversational
 
+from ..modeling.checks import check_text_processing_class
 from .onpolicy_trra_config import OnPolicyTrRaConfig
 from .paper import REALIGN_PAPER
 from .realign_teachers import (
@@ -90,6 +91,8 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
                     f"column, which the training dataset lacks (it has {columns}). Add the column or set `lmbda=1`."
                 )
 
+        # Before DistillationTrainer's set-up for vision-language models, which fails on a text model's config
+        check_text_processing_class(processing_class)
         # Before the student is wrapped: A defaults to a copy of its starting weights
         ref_model, aligned_model = resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config)
         super().__init__(
@@ -152,7 +155,7 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
         ]
 
     def _tokenize_completion(self, prompt, completion, prompt_ids) -> list[int]:
-        """The dataset's completion as the token ids that follow `prompt_ids`, ending with EOS like a sample."""
+        """The dataset's completion as the token ids after `prompt_ids`, ending at its first EOS like a sample."""
         if is_conversational({"prompt": prompt}):
             full = self.processing_class.apply_chat_template(
                 prompt + completion, tokenize=True, return_dict=True, **self.chat_template_kwargs
@@ -165,9 +168,12 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
             ids = list(full[len(prompt_ids) :])
         else:
             ids = self.processing_class(text=completion, add_special_tokens=False)["input_ids"]
-        if not ids or ids[-1] not in self.eos_token_ids:
-            ids.append(self._tokenizer.eos_token_id)
-        return ids
+        # Templates that write past the end-of-turn token (ChatML's `<|im_end|>\n`, Gemma's) would otherwise train
+        # that text and a second EOS, which a sample never contains
+        first_eos = next((i for i, token in enumerate(ids) if token in self.eos_token_ids), None)
+        if first_eos is None:
+            return [*ids, self._tokenizer.eos_token_id]
+        return ids[: first_eos + 1]
 
     # ------------------------------------------------------------------ loss
 

@@ -27,7 +27,14 @@ from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
 from .._compat import forward_redirection
 from ..losses import TeacherHead, streamed_realign_divergence
-from ..modeling.checks import check_linear_output_head, check_tokenizer_of, check_vocab_rows
+from ..modeling.checks import (
+    check_linear_output_head,
+    check_text_batch,
+    check_text_only,
+    check_text_processing_class,
+    check_tokenizer_of,
+    check_vocab_rows,
+)
 from ..modeling.model_parts import decoder_of, is_peft_model, unwrap_peft
 
 
@@ -44,6 +51,9 @@ redirect_forward = forward_redirection()
 
 # The frozen copy of a PEFT student's starting adapter that serves as reference A (DPOTrainer keeps one as "ref")
 REF_ADAPTER = "realign_ref"
+# LoRA inits that leave the base weights alone; the others (PiSSA, OLoRA, CorDA, LoRA-GA, LoftQ) move part of them into
+# the adapter, so that the network with adapters off is a residual model and not the model the user passed
+_BASE_PRESERVING_LORA_INITS = ("gaussian", "eva", "mica", "orthogonal")
 # Order of the statistics `realign_loss` returns (sums over this process's micro-batch)
 STAT_NAMES = ("num_tokens", "divergence", "student_entropy", "teacher_entropy", "num_sequences")
 
@@ -105,7 +115,8 @@ def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
     `aligned_model` defaults to `args.aligned_model_name_or_path` (required). `ref_model` defaults to
     `args.ref_model_name_or_path`, else to the student's starting weights: the student's own name, a frozen deep copy,
     or, for a PEFT student, `None`: A is then the student's own network as it starts, with no second copy of the base.
-    A fresh adapter (`peft_config`) starts as the identity, so A is the network with adapters off; a PEFT student that
+    A fresh adapter (`peft_config`) starts as the identity, so A is the network with adapters off, unless its init
+    rewrites the base weights (PiSSA, OLoRA, ...): A is then copied as for a plain student. A PEFT student that
     already carries a trained adapter gets, as in `DPOTrainer`, a frozen copy of that adapter ([`REF_ADAPTER`]), so
     that A is the starting policy and not the bare base.
 
@@ -120,9 +131,10 @@ def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
         )
     ref_model = ref_model if ref_model is not None else args.ref_model_name_or_path
     peft_student = peft_config is not None or is_peft_model(model)
+    rewrites_base = not is_peft_model(model) and _init_rewrites_base_weights(peft_config)
 
     # The copy must be taken before the trainer patches the student's forward and before PEFT wraps it
-    if ref_model is None and not peft_student:
+    if ref_model is None and (not peft_student or rewrites_base):
         if isinstance(model, str):
             ref_model = model
         elif is_deepspeed_zero3_enabled():
@@ -139,6 +151,11 @@ def resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config):
     elif ref_model is not None and peft_student:
         logger.info("A PEFT student was given together with `ref_model`: the given reference is used.")
     return ref_model, aligned_model
+
+
+def _init_rewrites_base_weights(peft_config) -> bool:
+    init = getattr(peft_config, "init_lora_weights", True)
+    return isinstance(init, str) and init.lower() not in _BASE_PRESERVING_LORA_INITS
 
 
 def _add_reference_adapter(model) -> None:
@@ -185,11 +202,13 @@ def check_realign_models(student, teachers: dict, tokenizer, vocab_size: int) ->
     """The student and every teacher (`{role: model or None}`) can be mixed at the logit level over the tokenizer."""
     probe = not is_deepspeed_zero3_enabled()
     student = unwrap_peft(student)
+    check_text_only(student, "student")
     check_linear_output_head(student, "student", probe=probe)
     check_vocab_rows(student, vocab_size, "student")
     for role, teacher in teachers.items():
         if teacher is None:
             continue
+        check_text_only(teacher, role)
         check_linear_output_head(teacher, role, probe=probe)
         check_vocab_rows(teacher, vocab_size, role)
         check_tokenizer_of(teacher, tokenizer, role)
@@ -208,6 +227,7 @@ class RealignTeachersMixin:
                 "The student has no trainable parameters (was it frozen, e.g. by being passed as a teacher before?). "
                 "Pass a model whose parameters require gradients, e.g. `copy.deepcopy(model).requires_grad_(True)`."
             )
+        check_text_processing_class(self.processing_class)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         aligned_model = load_teacher(aligned_model, "aligned model", self.args)
         ref_model = load_teacher(ref_model, "reference model", self.args) if ref_model is not None else None
@@ -303,6 +323,7 @@ def realign_loss(
         `(loss, stats)`: the scalar loss, and a detached float tensor of this process's sums in the order of
         [`STAT_NAMES`], for the caller to gather (outside the wrapped forward) and log.
     """
+    check_text_batch(inputs)
     backbone_inputs = {key: inputs[key] for key in _BACKBONE_KEYS if key in inputs}
     mask = scored_mask(inputs)
 

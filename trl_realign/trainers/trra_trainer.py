@@ -88,8 +88,9 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
         ref_model (`str` or `PreTrainedModel`, *optional*, keyword only):
             The reference model A. Defaults to `args.ref_model_name_or_path`, else to a frozen copy of the student's
             starting weights. A PEFT student is its own reference, with no second copy of the base: with a new
-            adapter (`peft_config`), the network with adapters off; with an adapter it already carries, a frozen copy
-            of that adapter (its starting policy, as in `DPOTrainer`).
+            adapter (`peft_config`), the network with adapters off (a frozen copy for inits that rewrite the base
+            weights: PiSSA, OLoRA, ...); with an adapter it already carries, a frozen copy of that adapter (its
+            starting policy, as in `DPOTrainer`).
     """
 
     _tag_names = ["trl", "trl-realign", "trra"]
