@@ -227,6 +227,10 @@ def test_a_cache_that_does_not_fit_the_run_is_refused(tmp_path, ab, tokenizer, s
         TrRaTrainer(model=fresh(a), args=build_missing, train_dataset=dataset(), processing_class=tokenizer)
     with pytest.raises(ValueError, match="On-policy TrRa cannot"):
         OnPolicyTrRaConfig(**training_kwargs(tmp_path), teacher_cache=str(shared_cache))
+    # The student is checked as in a live run
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        TrRaTrainer(model=copy.deepcopy(a).requires_grad_(False), args=args_for(tmp_path, shared_cache),
+                    train_dataset=dataset(), processing_class=tokenizer)
     # A subset of the captured rows, in another order, is served
     build(data=dataset().shuffle(seed=3).select(range(8)))
 

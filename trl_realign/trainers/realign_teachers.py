@@ -221,13 +221,17 @@ class RealignTeachersMixin:
     Afterwards `self.aligned_model` and `self.ref_model` are the prepared teachers.
     """
 
-    def _setup_realign_teachers(self, ref_model, aligned_model, vocab_size: int) -> None:
+    def _check_realign_student(self) -> None:
+        """What the student and the processing class must be for any realignment loss, with live or cached teachers."""
         if not any(p.requires_grad for p in self.model.parameters()):
             raise ValueError(
                 "The student has no trainable parameters (was it frozen, e.g. by being passed as a teacher before?). "
                 "Pass a model whose parameters require gradients, e.g. `copy.deepcopy(model).requires_grad_(True)`."
             )
         check_text_processing_class(self.processing_class)
+
+    def _setup_realign_teachers(self, ref_model, aligned_model, vocab_size: int) -> None:
+        self._check_realign_student()
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         aligned_model = load_teacher(aligned_model, "aligned model", self.args)
         ref_model = load_teacher(ref_model, "reference model", self.args) if ref_model is not None else None

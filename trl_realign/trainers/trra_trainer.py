@@ -26,6 +26,7 @@ from .paper import REALIGN_PAPER
 from .realign_teachers import (
     RealignLossOptions,
     RealignTeachersMixin,
+    check_realign_models,
     realign_loss,
     realign_metrics,
     redirect_forward,
@@ -149,6 +150,9 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
 
     def _setup_cached_teachers(self, cache, student_is_reference: bool) -> None:
         check_cache_matches_run(cache, self.args, self.processing_class)
+        self._check_realign_student()
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        check_realign_models(self.model, {}, tokenizer, self.vocab_size)
         self.train_dataset = attach_cache_rows(self.train_dataset, cache, "train")
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {k: attach_cache_rows(d, cache, f"eval {k}") for k, d in self.eval_dataset.items()}
