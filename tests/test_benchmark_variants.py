@@ -88,3 +88,29 @@ def test_real_shape_step_onpolicy_samples_the_completion_half(tmp_path):
     assert sorted(prompts) == sorted(row[:16] for row in real_shape_step.random_ids(2, 32, 256))
     assert completion_lengths == [16, 16]
     assert len(generation.times) == 2  # one generation per step: the benchmark's share pairs them
+
+
+def test_teacher_cache_benchmark_variants_run_and_the_cached_step_is_the_live_one(tmp_path):
+    # The benchmark's capture and cached variants, in this process at the small shape: the capture is complete and
+    # the cached run's first loss is the live TrRa run's on the same rows (the benchmark times what it claims to)
+    teacher_cache = importlib.import_module("teacher_cache")
+    args = type("Args", (), dict(threads=1, warmup=0, steps=1, seq_len=32, cache_dir=str(tmp_path / "cache")))()
+    for variant in ("capture", "cached"):
+        args.variant = variant
+        figures = teacher_cache.run_variant(args, shapes.SMALL_QWEN2)
+    assert figures["step_s"] > 0
+    from trl_realign import TrRaTrainer
+
+    vocab = shapes.SMALL_QWEN2["vocab_size"]
+    losses = []
+    for cache in (str(tmp_path / "cache"), None):
+        extra = {"ref_model": shapes.qwen2_model(shapes.SMALL_QWEN2, seed=0),
+                 "aligned_model": shapes.qwen2_model(shapes.SMALL_QWEN2, seed=2)} if cache is None else {}  # fmt: skip
+        trainer = TrRaTrainer(model=shapes.qwen2_model(shapes.SMALL_QWEN2, seed=0),
+                              args=teacher_cache.trra_args(str(tmp_path / "out"), 1, teacher_cache=cache),
+                              train_dataset=real_shape_step.token_dataset(1, 32, vocab),
+                              processing_class=real_shape_step.id_tokenizer(vocab), **extra)  # fmt: skip
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model, batch).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0

@@ -8,6 +8,7 @@ Sections (each one's failure is recorded in the JSON and the others still run):
 - `bf16_grad_path`: our bf16 gradients against fp32, with the number of calls that went through TRL's `_addmm_fp32`
   (the CUDA branch that accumulates bf16 products in fp32 without rounding them first).
 - `step`: one optimizer step of SFTTrainer vs TrRaTrainer (λ=2) at DeepSeek-R1-Distill-Qwen-1.5B's shape, bf16 autocast.
+- `teacher_cache`: the same step trained from a teacher cache (captured first, bf16 hidden states) vs live TrRa.
 - `inra`: greedy decoding at Qwen2.5-0.5B's shape with SDPA: InRa λ=0.5 vs the plain model and vs two models (DeRa).
   Flash attention is refused by `InRaForCausalLM` (`_supports_flash_attn = False`), so it is not measured.
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmark sc
 import inra_decode  # noqa: E402
 import loss_vs_peers  # noqa: E402
 import real_shape_step  # noqa: E402
+import teacher_cache  # noqa: E402
 from _measure import StepTimer  # noqa: E402
 from _shapes import QWEN2_5_0_5B, R1_DISTILL_QWEN_1_5B, SMALL_QWEN2  # noqa: E402
 
@@ -206,6 +208,53 @@ def step_section(args, clock: Clock) -> dict:
     return out
 
 
+def teacher_cache_section(args, clock: Clock) -> dict:
+    """TrRa from a teacher cache vs live TrRa, one optimizer step at the 1.5B shape in bf16 (as `step`)."""
+    from trl_realign import TrRaTrainer, build_teacher_cache
+
+    shape = SMALL_QWEN2 if args.dry_run else R1_DISTILL_QWEN_1_5B
+    batch, seq_len, warmup, steps = (2, 64, 1, 1) if args.dry_run else (args.step_batch, args.step_seq_len, 2, 4)
+    rows, vocab = batch * (warmup + steps), shape["vocab_size"]
+    device_args = dict(use_cpu=not clock.cuda, bf16=clock.cuda, per_device_train_batch_size=batch,
+                       per_device_eval_batch_size=batch)
+    out = {"shape": "small" if args.dry_run else "r1-distill-qwen-1.5b", "batch": batch, "seq_len": seq_len}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = os.path.join(tmp, "cache")
+        start = time.perf_counter()
+        build_teacher_cache(real_shape_step.qwen2_model(shape, seed=0), real_shape_step.qwen2_model(shape, seed=2),
+                            teacher_cache.trra_args(tmp, rows, teacher_cache=cache, **device_args),
+                            real_shape_step.token_dataset(rows, seq_len, vocab),
+                            processing_class=real_shape_step.id_tokenizer(vocab))  # fmt: skip
+        clock.sync()
+        out["capture_s"] = time.perf_counter() - start
+        manifest = json.loads(Path(cache, "manifest.json").read_text())
+        out["capture_tokens_per_s"] = manifest["tokens"] / out["capture_s"]
+        out["cache_dtype"] = manifest["teachers"]["aligned"]["dtype"]
+        free(clock)
+        for variant in ("live", "cached"):
+            timer = SyncedStepTimer(clock)
+            teachers = {} if variant == "cached" else {
+                "ref_model": real_shape_step.qwen2_model(shape, seed=0),
+                "aligned_model": real_shape_step.qwen2_model(shape, seed=2),
+            }
+            trainer = TrRaTrainer(model=real_shape_step.qwen2_model(shape, seed=0),
+                                  args=teacher_cache.trra_args(os.path.join(tmp, variant), warmup + steps,
+                                                               teacher_cache=cache if variant == "cached" else None,
+                                                               **device_args),
+                                  train_dataset=real_shape_step.token_dataset(rows, seq_len, vocab),
+                                  processing_class=real_shape_step.id_tokenizer(vocab), callbacks=[timer],
+                                  **teachers)  # fmt: skip
+            base_mb = clock.reset_peak()
+            trainer.train()
+            out[f"{variant}_step_s"] = statistics.median(timer.times[warmup:])
+            out[f"{variant}_peak_mb"] = clock.peak_mb()
+            out[f"{variant}_allocated_before_train_mb"] = base_mb
+            del trainer, teachers
+            free(clock)
+    out["cached_vs_live_step"] = out["cached_step_s"] / out["live_step_s"]
+    return out
+
+
 def inra_section(args, clock: Clock) -> dict:
     shape = SMALL_QWEN2 if args.dry_run else QWEN2_5_0_5B
     dtype = torch.bfloat16 if clock.cuda else torch.float32
@@ -245,6 +294,7 @@ def targets_met(result: dict) -> dict:
         met[f"loss_{setting}_memory"] = agree and memory is not None and memory <= 1.0
     met["bf16_grad_within_error"] = bool(result.get("bf16_grad_path", {}).get("within_bf16_error"))
     met["trra_vs_sft_step"] = result.get("step", {}).get("trra_vs_sft_step", float("inf")) <= 1.8
+    met["cached_vs_live_step"] = result.get("teacher_cache", {}).get("cached_vs_live_step", float("inf")) <= 0.75
     for batch in (1, 8):
         figures = result.get("inra", {}).get(f"batch{batch}", {})
         for key, target in (("inra_vs_plain", 0.6), ("inra_vs_two_model", 1.3)):
@@ -252,7 +302,8 @@ def targets_met(result: dict) -> dict:
     return met
 
 
-SECTIONS = {"loss": loss_section, "bf16_grad_path": bf16_grad_section, "step": step_section, "inra": inra_section}
+SECTIONS = {"loss": loss_section, "bf16_grad_path": bf16_grad_section, "step": step_section,
+            "teacher_cache": teacher_cache_section, "inra": inra_section}
 
 
 def main():
