@@ -128,14 +128,20 @@ def run_variant(args, shape) -> dict:
     return figures
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser(description: str, variants) -> argparse.ArgumentParser:
+    """The options of a step benchmark at a real shape whose variants each run in a subprocess (`--variant`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="a 2-layer model of the same layout: seconds, for checking")
     parser.add_argument("--seq_len", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=variants, help=argparse.SUPPRESS)
+    return parser
+
+
+def main():
+    parser = make_parser(__doc__, VARIANTS)
     args = parser.parse_args()
     shape = SMALL_QWEN2 if args.small else QWEN2_5_0_5B
     if args.small:

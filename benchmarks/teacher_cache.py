@@ -33,7 +33,7 @@ import time
 
 from _measure import StepTimer, status_kb  # benchmarks/ is the script's folder: imports directly
 from _shapes import QWEN2_5_0_5B, SMALL_QWEN2, qwen2_model
-from real_shape_step import build_trainer, id_tokenizer, token_dataset
+from real_shape_step import build_trainer, id_tokenizer, make_parser, token_dataset
 
 
 VARIANTS = ("sft", "live", "capture", "cached")
@@ -96,13 +96,7 @@ def run_variant(args, shape) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", action="store_true", help="a 2-layer model of the same layout: seconds, for checking")
-    parser.add_argument("--seq_len", type=int, default=1024)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser = make_parser(__doc__, VARIANTS)
     parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = SMALL_QWEN2 if args.small else QWEN2_5_0_5B
