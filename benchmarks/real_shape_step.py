@@ -140,13 +140,16 @@ def make_parser(description: str, variants) -> argparse.ArgumentParser:
     return parser
 
 
-def main():
-    parser = make_parser(__doc__, VARIANTS)
+def parse_args(parser: argparse.ArgumentParser):
+    """`(args, shape)`: `--small` picks the 2-layer stand-in (and at most 256 tokens), else Qwen2.5-0.5B."""
     args = parser.parse_args()
-    shape = SMALL_QWEN2 if args.small else QWEN2_5_0_5B
     if args.small:
         args.seq_len = min(args.seq_len, 256)
+    return args, SMALL_QWEN2 if args.small else QWEN2_5_0_5B
 
+
+def main():
+    args, shape = parse_args(make_parser(__doc__, VARIANTS))
     if args.variant:
         print(json.dumps(run_variant(args, shape)))
         return

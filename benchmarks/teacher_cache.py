@@ -32,8 +32,8 @@ import tempfile
 import time
 
 from _measure import StepTimer, status_kb  # benchmarks/ is the script's folder: imports directly
-from _shapes import QWEN2_5_0_5B, SMALL_QWEN2, qwen2_model
-from real_shape_step import build_trainer, id_tokenizer, make_parser, token_dataset
+from _shapes import qwen2_model
+from real_shape_step import build_trainer, id_tokenizer, make_parser, parse_args, token_dataset
 
 
 VARIANTS = ("sft", "live", "capture", "cached")
@@ -98,10 +98,7 @@ def run_variant(args, shape) -> dict:
 def main():
     parser = make_parser(__doc__, VARIANTS)
     parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    shape = SMALL_QWEN2 if args.small else QWEN2_5_0_5B
-    if args.small:
-        args.seq_len = min(args.seq_len, 256)
+    args, shape = parse_args(parser)
     if args.variant:
         print(json.dumps(run_variant(args, shape)))
         return
