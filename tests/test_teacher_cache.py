@@ -306,7 +306,7 @@ def test_bf16_cache_matches_live_bf16_teachers_within_the_bound(tmp_path, ab, to
     assert abs(cached - live) <= 2**-8 * abs(live) + 1e-6
 
 
-def test_two_processes_capture_and_train_like_one(tmp_path):
+def test_two_processes_capture_and_train_like_one_also_under_zero3(tmp_path):
     script = Path(__file__).parent / "scripts" / "trra_cache_one_step.py"
 
     def launch(nproc, *args):
@@ -317,6 +317,8 @@ def test_two_processes_capture_and_train_like_one(tmp_path):
 
     launch(2, "capture", tmp_path / "cache2", tmp_path / "unused", 4)
     launch(2, "train", tmp_path / "cache2", tmp_path / "two.pt", 2)
+    # ZeRO-3 shards the student; the cached heads are plain tensors beside it
+    launch(2, "train", tmp_path / "cache2", tmp_path / "zero3.pt", 2, script.parent / "ds_zero3.json")
     # The same in this process: one process captures everything and trains on the whole batch
     sys.path.insert(0, str(script.parent))
     try:
@@ -331,9 +333,11 @@ def test_two_processes_capture_and_train_like_one(tmp_path):
     assert two_processes.num_shards >= 4
     for role in ("ref", "aligned"):
         torch.testing.assert_close(two_processes.hidden(role, rows), one_process.hidden(role, rows), atol=1e-6, rtol=0)
-    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5, msg=k)
+    one = torch.load(tmp_path / "one.pt")
+    for name in ("two.pt", "zero3.pt"):
+        other = torch.load(tmp_path / name)
+        for k in one:
+            torch.testing.assert_close(other[k], one[k], atol=1e-6, rtol=1e-5, msg=f"{name}: {k}")
 
 
 def test_cache_teachers_command_needs_the_folder(tmp_path):

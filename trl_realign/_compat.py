@@ -120,7 +120,11 @@ def addmm_fp32(acc, a, b) -> None:
 
 
 def maybe_gather_lm_head_ctx(*params):
-    """TRL's context that gathers ZeRO-3 partitioned head parameters for a direct matmul (a null context otherwise)."""
+    """
+    TRL's context that gathers ZeRO-3 partitioned head parameters for a direct matmul (a null context otherwise).
+    Plain tensors (a teacher cache's heads) are never partitioned and are left out: TRL's helper reads `ds_status`.
+    """
+    params = [p for p in params if p is not None and hasattr(p, "ds_id")]
     return lookup("trl", "trl.trainer.utils", "maybe_gather_lm_head_ctx", ("params",))(*params)
 
 
