@@ -43,6 +43,14 @@ def test_request_lambda_reads_extra_args_and_defaults(monkeypatch):
     assert request_lambda(params(realign_lambda=0.0)) == 0.0
 
 
+@pytest.mark.parametrize("huge", [10**400, -(10**400)], ids=["1e400", "-1e400"])
+def test_lambda_beyond_float_range_is_a_value_error(huge):
+    # vLLM 0.32's SamplingParams refuses ints beyond 64 bits itself; the plugin does not rely on it (an OverflowError
+    # would be an HTTP 500): extra_args as a model state or another vLLM version may hand them over unchecked
+    with pytest.raises(ValueError, match="`realign_lambda` must be finite"):
+        request_lambda(SimpleNamespace(extra_args={"realign_lambda": huge}))
+
+
 @pytest.mark.parametrize("setting", ["high", "nan", "inf", "-inf"])
 def test_malformed_launch_default_is_refused(monkeypatch, setting):
     monkeypatch.setenv(DEFAULT_LAMBDA_ENV, setting)
