@@ -198,8 +198,9 @@ def check_server_takes_lambda(
         return
     raise VLLMRequestError(
         f"The vLLM server at {base_url} gives the same log-probabilities at λ=0 and λ=1 (a probe's first token, top "
-        f"{PROBE_LOGPROBS}), though the checkpoint's adapter is not the identity: it serves vLLM's stock class, the "
-        "λ=1 model at every λ. Serve the checkpoint with the trl-realign-vllm plugin's `--hf-overrides` (e.g. "
+        f"{PROBE_LOGPROBS}), though the checkpoint's adapter is not the identity (or its local safetensors do not show "
+        "it): it serves vLLM's stock class, the λ=1 model at every λ. Serve the checkpoint with the trl-realign-vllm "
+        "plugin's `--hf-overrides` (e.g. "
         '\'{"architectures": ["InRaQwen2ForCausalLM"]}\', merged into any overrides of your own; README, \'Serving '
         "InRa with vLLM').")
 
