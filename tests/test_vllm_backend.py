@@ -1,8 +1,11 @@
 """The vLLM backend of `evaluate` against a fake OpenAI-compatible server (no vLLM needed; see fake_vllm_server.py)."""
 
 import json
+import logging
 import os
+import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -20,7 +23,7 @@ from trl_realign.evaluation.vllm_backend import (
     parse_completions,
     served_model,
 )
-from trl_realign.evaluation.vllm_server import VLLMServer, VLLMServerError, inra_server_args
+from trl_realign.evaluation.vllm_server import VLLMServer, VLLMServerError, inra_overrides
 from trl_realign.testing import tiny_causal_lm, tiny_config
 
 
@@ -59,15 +62,36 @@ def test_backend_sends_one_request_per_prompt_with_n_lambda_and_seed(tokenizer):
         assert body == {
             "model": "fake-model", "prompt": tokenizer(prompt, add_special_tokens=False)["input_ids"], "n": 3,
             "max_tokens": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 4, "stop_token_ids": [EOS, 9],
-            "return_token_ids": True, "seed": 100 + k, "vllm_xargs": {"realign_lambda": lam},
+            "return_token_ids": True, "seed": 100 + 3 * k, "vllm_xargs": {"realign_lambda": lam},
         }  # fmt: skip
     for k, (prompt, lam) in enumerate(zip(prompts, [0.0, 0.5, 1.5])):
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         assert len(results[k]) == 3
         for sample, completion in enumerate(results[k]):  # in sample order, although the server sent them reversed
-            text, num_tokens, finished = expected(tokenizer, ids, lam, sample, 100 + k, 5)
+            text, num_tokens, finished = expected(tokenizer, ids, lam, sample, 100 + 3 * k, 5)
             assert (completion.text, completion.num_tokens, completion.finished) == (text, num_tokens, finished)
     assert {c.finished for samples in results for c in samples} == {True, False}  # both endings are exercised
+
+
+def test_no_two_samples_share_a_random_stream(tokenizer):
+    # vLLM seeds sample j of a request seeded s with s + j: request k must start past the previous requests' samples
+    with FakeVLLMServer() as server:
+        backend = VLLMBackend(server.base_url, "fake-model", tokenizer, [EOS], seed=7)
+        backend(["1+1=", "1+1=", "2+2="], [0.0, 1.0, 0.0], SamplingSettings(max_new_tokens=2, temperature=1.0), 3)
+    streams = sorted(body["seed"] + j for body in server.completion_requests() for j in range(body["n"]))
+    assert streams == list(range(7, 7 + 9))
+
+
+def test_a_sweep_that_does_not_fit_the_servers_context_is_refused_before_any_request(tokenizer):
+    prompts = ["1+1=", "12345+678="]  # 4 and 10 tokens
+    with FakeVLLMServer(max_model_len=12) as server:
+        backend = VLLMBackend(server.base_url, "fake-model", tokenizer, [EOS])
+        message = r"\(10 tokens\) \+ max_new_tokens 5 = 15 tokens exceed the vLLM server's max_model_len 12: "
+        with pytest.raises(ValueError, match=message + r".*--max-model-len 15.* or use a smaller max_new_tokens"):
+            backend(prompts, [0.5, 0.5], SamplingSettings(max_new_tokens=5), 1)
+        assert server.completion_requests() == []  # vLLM would have cut prompt 1's completion at 2 tokens
+        backend(prompts, [0.5, 0.5], SamplingSettings(max_new_tokens=2), 1)  # 10 + 2 fits
+        assert len(server.completion_requests()) == 2
 
 
 def test_plain_model_requests_carry_no_lambda_and_add_special_tokens(tokenizer):
@@ -114,7 +138,7 @@ def test_a_refused_request_is_a_clear_error(tokenizer):
     with FakeVLLMServer(fail_with=(400, message)) as server:
         backend = VLLMBackend(server.base_url, "fake-model", tokenizer, [EOS])
         with pytest.raises(VLLMRequestError, match="HTTP 400") as error:
-            backend(["1+1=", "2+2="], [0.25, 0.25], SamplingSettings(max_new_tokens=4100), 1)
+            backend(["1+1=", "2+2="], [0.25, 0.25], SamplingSettings(max_new_tokens=4), 1)
     assert message in str(error.value) and "λ=0.25" in str(error.value)
     with FakeVLLMServer() as server:  # a bad λ is refused before anything is sent
         backend = VLLMBackend(server.base_url, "fake-model", tokenizer, [EOS])
@@ -158,32 +182,94 @@ def test_backend_refuses_what_it_cannot_do(tokenizer):
     assert normalize_base_url("http://h:1/v1/") == "http://h:1"
 
 
+def never_called() -> bool:
+    raise AssertionError("the adapter need not be read when λ changes the output")
+
+
 def test_served_model_and_the_plugin_check():
     with FakeVLLMServer(model="/ckpt/inra") as server:
         assert served_model(server.base_url, "/ckpt/inra") == "/ckpt/inra"
         assert served_model(server.base_url, "./elsewhere") == "/ckpt/inra"  # the server's only model
-        check_server_takes_lambda(server.base_url, "/ckpt/inra")
+        check_server_takes_lambda(server.base_url, "/ckpt/inra", adapter_is_identity=never_called)
+    probes = [body for body in server.requests if body.get("logprobs")]
+    assert [(body["max_tokens"], body["vllm_xargs"]) for body in probes] == [
+        (1, {"realign_lambda": 0.0}), (1, {"realign_lambda": 1.0})
+    ]  # fmt: skip
     with FakeVLLMServer(plugin=False) as server:
         with pytest.raises(VLLMRequestError, match="without the trl-realign-vllm plugin"):
-            check_server_takes_lambda(server.base_url, "fake-model")
+            check_server_takes_lambda(server.base_url, "fake-model", adapter_is_identity=never_called)
+
+
+def test_the_plugin_check_proves_that_lambda_changes_the_output(caplog):
+    # The plugin is loaded (it validates λ for any model), but the checkpoint is served by vLLM's stock class
+    with FakeVLLMServer(lambda_matters=False) as server:
+        with pytest.raises(VLLMRequestError, match="the same log-probabilities at λ=0 and λ=1.*`--hf-overrides`"):
+            check_server_takes_lambda(server.base_url, "fake-model", adapter_is_identity=lambda: False)
+        # An untrained (identity) adapter: every λ is the same model, so routing cannot be shown, nor can it matter
+        with caplog.at_level(logging.WARNING, logger="trl_realign"):
+            check_server_takes_lambda(server.base_url, "fake-model", adapter_is_identity=lambda: True)
+    assert "adapter is the identity" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------- the launcher
 
 
-def test_inra_server_args_route_to_the_plugin_class():
+def test_inra_overrides_route_to_the_plugin_class():
     config = tiny_config("qwen2")
     config.architectures = ["Qwen2ForCausalLM"]
-    assert inra_server_args(config, 2) == [
-        "--hf-overrides", json.dumps({"architectures": ["InRaQwen2ForCausalLM"], "layer_adapter": {"num_adapters": 2}})
-    ]  # fmt: skip
+    routing = {"architectures": ["InRaQwen2ForCausalLM"], "layer_adapter": {"num_adapters": 2}}
+    assert inra_overrides(config, 2) == routing
     with pytest.raises(ValueError, match="no `layer_adapter` marker: give `num_adapters`"):
-        inra_server_args(config, None)
+        inra_overrides(config, None)
     config.layer_adapter = {"num_adapters": 1}
-    assert json.loads(inra_server_args(config, None)[1]) == {"architectures": ["InRaQwen2ForCausalLM"]}
+    assert inra_overrides(config, None) == {"architectures": ["InRaQwen2ForCausalLM"]}
     config.architectures = ["GPT2LMHeadModel"]
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
-        inra_server_args(config, 1)
+        inra_overrides(config, 1)
+
+
+def test_launch_args_merge_the_inra_routing_into_the_users_overrides(checkpoints):
+    from trl_realign.evaluation.vllm_session import launch_args
+
+    routing = {"architectures": ["InRaQwen2ForCausalLM"]}
+    for mine in ("--hf-overrides '{\"max_position_embeddings\": 4096}' --enforce-eager",
+                 "--hf_overrides='{\"max_position_embeddings\": 4096}' --enforce-eager"):  # fmt: skip
+        args = launch_args(checkpoints["inra"], mine, inra=True, num_adapters=None, dtype="float32")
+        assert args[0] == "--hf-overrides" and args[2:] == ["--enforce-eager", "--dtype", "float32"]
+        assert json.loads(args[1]) == {"max_position_embeddings": 4096, **routing}
+    marker = {"layer_adapter": {"num_adapters": 1}}
+    args = launch_args(checkpoints["inra"], f"--hf-overrides '{json.dumps(marker)}'", inra=True, num_adapters=1,
+                       dtype="float32")  # fmt: skip
+    assert json.loads(args[1]) == {**marker, **routing}  # the same value twice is no conflict
+    refused = [
+        ("--hf-overrides '{\"architectures\": [\"Qwen2ForCausalLM\"]}'", 1, "`architectures` .*InRaQwen2ForCausalLM"),
+        ("--hf-overrides '{\"layer_adapter\": {\"num_adapters\": 2}}'", 1, "`layer_adapter`"),
+        ("--hf-overrides '[1]'", None, "must be a JSON object"),
+        ("--hf-overrides '{\"a\": 1}' --hf-overrides '{\"b\": 1}'", None, "once"),
+        ("--hf-overrides.max_position_embeddings 4096", None, "one JSON object"),
+    ]  # fmt: skip
+    for mine, num_adapters, message in refused:
+        with pytest.raises(ValueError, match=message):
+            launch_args(checkpoints["inra"], mine, inra=True, num_adapters=num_adapters, dtype="float32")
+    plain = "--hf-overrides.max_position_embeddings 4096"  # a plain checkpoint's overrides are the user's business
+    assert launch_args(checkpoints["plain"], plain, inra=False, num_adapters=None, dtype="auto")[:2] == plain.split()
+
+
+def test_started_servers_get_the_checkpoints_dtype_unless_chosen(tmp_path, checkpoints):
+    from trl_realign.evaluation.vllm_session import launch_args
+
+    # vLLM's "auto" would serve an fp32 checkpoint in 16 bits; the transformers backend loads it in fp32
+    assert launch_args(checkpoints["plain"], "", inra=False, num_adapters=None, dtype="auto") == ["--dtype", "float32"]
+    assert launch_args(checkpoints["plain"], "--dtype=half", inra=False, num_adapters=None, dtype="auto") == [
+        "--dtype=half"
+    ]  # fmt: skip
+    assert launch_args(checkpoints["plain"], None, inra=False, num_adapters=None, dtype="bfloat16") == [
+        "--dtype", "bfloat16"
+    ]  # fmt: skip
+    for key, dtype in (("dtype", "bfloat16"), ("torch_dtype", "float16")):  # transformers 5's key, then the old one
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "config.json").write_text(json.dumps({"model_type": "llama", key: dtype}))
+        assert launch_args(str(tmp_path / key), "", inra=False, num_adapters=None, dtype="auto") == ["--dtype", dtype]
 
 
 def test_launch_args_add_the_inra_routing_and_dtype_unless_given(checkpoints):
@@ -196,7 +282,15 @@ def test_launch_args_add_the_inra_routing_and_dtype_unless_given(checkpoints):
     assert launch_args(checkpoints["inra"], mine, inra=True, num_adapters=None, dtype="float32") == [
         "--hf-overrides", '{"architectures": ["InRaQwen2ForCausalLM"], "x": 1}', "--dtype=bfloat16"
     ]  # fmt: skip
-    assert launch_args(checkpoints["plain"], None, inra=False, num_adapters=None, dtype="auto") == []
+
+
+def test_adapter_is_identity_reads_the_adapters_residual_writers(checkpoints):
+    from trl_realign.evaluation.vllm_session import adapter_is_identity
+
+    assert adapter_is_identity(checkpoints["inra"], None)
+    assert adapter_is_identity(checkpoints["inra"], 1)
+    assert not adapter_is_identity(checkpoints["inra_trained"], None)
+    assert not adapter_is_identity(checkpoints["plain"], 1)  # layer 0 of a plain model writes to the residual
 
 
 def test_eos_ids_of_a_checkpoint_are_those_the_transformers_backend_stops_at(tmp_path, tokenizer):
@@ -244,6 +338,62 @@ def test_launcher_refuses_bad_arguments(tmp_path):
         VLLMServer(fake_python(tmp_path), "m", "--port=8000 --dtype float32", log_path=str(tmp_path / "log"))
 
 
+TERMINATED = """
+import sys, time
+from trl_realign.evaluation.vllm_server import VLLMServer
+
+with VLLMServer(sys.argv[1], "m", log_path=sys.argv[2]) as server:
+    print("SERVER", server.process.pid, flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_evaluation_leaves_no_server_behind(tmp_path, sig):
+    # The server runs in its own session: it outlives its parent unless the launcher stops it on SIGTERM (the
+    # context manager's exit never runs then) and the kernel ends it with the parent (SIGKILL: no handler runs)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    parent = subprocess.Popen([sys.executable, "-c", TERMINATED, fake_python(tmp_path), str(tmp_path / "log")],
+                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    server_pid = next(int(line.split()[1]) for line in parent.stdout if line.startswith("SERVER "))
+    try:
+        parent.send_signal(sig)
+        assert parent.wait(timeout=60) == -sig  # the parent still dies of the signal
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(server_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(server_pid, 0)
+    finally:
+        try:
+            os.killpg(server_pid, signal.SIGKILL)  # an orphan of a failed run
+        except ProcessLookupError:
+            pass
+
+
+def test_the_sigterm_handler_is_the_launchers_only_while_the_server_runs(tmp_path):
+    received = []
+
+    def previous(signum, frame):
+        received.append(signum)
+
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        with VLLMServer(fake_python(tmp_path), "m", log_path=str(tmp_path / "log")) as server:
+            assert signal.getsignal(signal.SIGTERM) is not previous
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert received == [signal.SIGTERM]  # the previous handler still runs, after the server is stopped
+            assert server.process.poll() is not None
+            assert signal.getsignal(signal.SIGTERM) is previous
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
 def test_launched_server_serves_and_is_stopped_on_exit(tmp_path):
     log = tmp_path / "log.txt"
     with VLLMServer(fake_python(tmp_path), "the-model", ["--dtype", "float32"], log_path=str(log)) as server:
@@ -264,8 +414,10 @@ def checkpoints(tmp_path_factory, tokenizer):
 
     root = tmp_path_factory.mktemp("checkpoints")
     inra = add_layer_adapter(tiny_causal_lm("qwen2", vocab_size=len(tokenizer)))
-    paths = {"inra": str(root / "inra"), "plain": str(root / "plain")}
+    trained = add_layer_adapter(tiny_causal_lm("qwen2", vocab_size=len(tokenizer)), init="kaiming")
+    paths = {"inra": str(root / "inra"), "plain": str(root / "plain"), "inra_trained": str(root / "inra_trained")}
     inra.save_pretrained(paths["inra"])
+    trained.save_pretrained(paths["inra_trained"])
     tiny_causal_lm("llama", vocab_size=len(tokenizer)).save_pretrained(paths["plain"])
     for path in paths.values():
         tokenizer.save_pretrained(path)
@@ -341,6 +493,42 @@ def test_evaluate_on_a_running_server(tmp_path, tokenizer, checkpoints):
         with pytest.raises(VLLMRequestError, match="without the trl-realign-vllm plugin"):
             evaluate(args)
         assert server.completion_requests() == []
+
+
+def test_evaluate_merges_the_inra_routing_into_the_users_overrides(tmp_path, checkpoints):
+    # Without the routing, vLLM would serve its stock Qwen2 class: the λ=1 model at every λ
+    args = vllm_config(tmp_path, model_name_or_path=checkpoints["inra_trained"], realign_lambdas=[0.0, 1.0],
+                       vllm_python=fake_python(tmp_path), num_samples=1, temperature=0.0,
+                       vllm_server_args="--hf-overrides '{\"max_position_embeddings\": 4096}'")  # fmt: skip
+    evaluate(args)
+    launch = open(os.path.join(args.output_dir, "vllm_server_0.log")).readline()
+    extra = json.loads(launch.split("extra args ", 1)[1])
+    overrides = json.loads(extra[extra.index("--hf-overrides") + 1])
+    assert overrides == {"max_position_embeddings": 4096, "architectures": ["InRaQwen2ForCausalLM"]}
+
+
+def test_evaluate_refuses_a_server_where_lambda_changes_nothing(tmp_path, checkpoints, caplog):
+    with FakeVLLMServer(model=checkpoints["inra_trained"], lambda_matters=False) as server:
+        args = vllm_config(tmp_path, model_name_or_path=checkpoints["inra_trained"], vllm_base_url=server.base_url)
+        with pytest.raises(VLLMRequestError, match="the same log-probabilities at λ=0 and λ=1"):
+            evaluate(args)
+        assert server.completion_requests() == []
+    with FakeVLLMServer(model=checkpoints["inra"], lambda_matters=False) as server:  # an identity adapter
+        args = vllm_config(tmp_path, model_name_or_path=checkpoints["inra"], vllm_base_url=server.base_url,
+                           realign_lambdas=[0.0, 1.0], num_samples=1, temperature=0.0)  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="trl_realign"):
+            assert len(evaluate(args)) == 2
+    assert "adapter is the identity" in caplog.text
+
+
+def test_evaluate_refuses_a_sweep_longer_than_the_started_servers_context(tmp_path, checkpoints):
+    args = vllm_config(tmp_path, checkpoints=[checkpoints["plain"]], realign_lambdas=[1.0],
+                       vllm_python=fake_python(tmp_path), vllm_server_args="--max-model-len 10", max_new_tokens=8)
+    fix = r"max_model_len 10: .*--vllm_server_args \"--max-model-len 12\""
+    with pytest.raises(ValueError, match=r"\(4 tokens\) \+ max_new_tokens 8 = 12 tokens .*" + fix) as error:
+        evaluate(args)
+    assert "\n" not in str(error.value)
+    assert [r for r in logged_requests(os.path.join(args.output_dir, "vllm_server_0.log")) if "n" in r] == []
 
 
 def test_vllm_backend_refuses_what_it_cannot_serve(tmp_path, tokenizer, checkpoints):

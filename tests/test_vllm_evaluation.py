@@ -120,3 +120,20 @@ def test_vllm_backend_gives_the_transformers_backends_samples(tmp_path, monkeypa
         assert len({r["completion"] for r in vllm_records if r["prompt_index"] == 0}) > 1
     log = open(os.path.join(vllm_args.output_dir, "vllm_server_0.log")).read()
     assert ("Resolved architecture: InRaQwen2ForCausalLM" in log) == (kind == "inra")
+
+
+def test_a_server_that_serves_the_inra_checkpoint_with_the_stock_class_is_refused(tmp_path, monkeypatch, checkpoints):
+    # Started by hand without the InRa `--hf-overrides`: the plugin is loaded (and validates λ) but vLLM's own Qwen2
+    # class runs all layers in one path, the λ=1 model at every λ. The λ=0 / λ=1 log-probability probe finds it out.
+    from trl_realign.evaluation.vllm_backend import VLLMRequestError
+    from trl_realign.evaluation.vllm_server import VLLMServer
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    with VLLMServer(VLLM_PYTHON, checkpoints["inra"], SERVER_ARGS, log_path=str(tmp_path / "stock.log")) as server:
+        args = config(tmp_path, "vllm", model_name_or_path=checkpoints["inra"], realign_lambdas=[0.0, 1.0],
+                      vllm_python=None, vllm_server_args=None, vllm_base_url=server.base_url)  # fmt: skip
+        with pytest.raises(VLLMRequestError, match="the same log-probabilities at λ=0 and λ=1"):
+            evaluate(args)
+    log = open(tmp_path / "stock.log").read()
+    assert "Resolved architecture: Qwen2ForCausalLM" in log
+    assert log.count("POST /v1/completions") == 3  # the non-numeric λ and the two probes: no sample drawn

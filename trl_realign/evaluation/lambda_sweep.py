@@ -92,7 +92,9 @@ class EvalConfig:
         vllm_python (`str`, *optional*): instead, the vLLM environment's python: `evaluate` starts a server per
             checkpoint (InRa through the trl-realign-vllm plugin) on 127.0.0.1 and stops it afterwards; its log is
             `output_dir/vllm_server_<i>.log`.
-        vllm_server_args (`str`, *optional*): more server arguments, shell-quoted (e.g. `"--max-model-len 8192"`).
+        vllm_server_args (`str`, *optional*): more server arguments, shell-quoted (e.g. `"--max-model-len 8192"`); an
+            InRa checkpoint's routing is merged into their `--hf-overrides`, and without `--dtype` the server gets
+            `dtype` (for `"auto"`, the checkpoint's own).
         vllm_startup_timeout (`float`, defaults to `600`): seconds a started server may take to load.
         vllm_request_timeout (`float`, defaults to `3600`): seconds one request (n completions) may take.
     """

@@ -10,7 +10,8 @@ completion was cut at `max_tokens`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
@@ -20,6 +21,14 @@ import torch
 from ..modeling.realign_lambda import check_realign_lambda
 from .completions import Completion, SamplingSettings, check_lambdas_per_prompt, count_generated_tokens
 
+
+logger = logging.getLogger(__name__)
+# The probe that shows λ reaching the model: ids every vocabulary has, fewer than a KV block (so the second probe
+# cannot reuse the first one's cache), and the first token's top log-probabilities at λ=0 and λ=1
+PROBE_PROMPT = [0, 1, 2, 3]
+PROBE_LOGPROBS = 5
+# Identical computations give identical log-probabilities; a trained adapter moves them by far more than this
+PROBE_TOLERANCE = 1e-4
 
 class VLLMRequestError(RuntimeError):
     """The vLLM server refused a request, could not be reached, or answered something unexpected."""
@@ -59,10 +68,14 @@ def _send(client: httpx.Client, method: str, url: str, **kwargs) -> dict:
     return response.json()
 
 
+def _served_models(base_url: str, timeout: float) -> list[dict]:
+    with httpx.Client(timeout=timeout) as client:
+        return _send(client, "GET", normalize_base_url(base_url) + "/v1/models")["data"]
+
+
 def served_model(base_url: str, wanted: str | None = None, timeout: float = 30.0) -> str:
     """The name to send as `model`: `wanted` if the server serves it, else the server's only model."""
-    with httpx.Client(timeout=timeout) as client:
-        models = [entry["id"] for entry in _send(client, "GET", normalize_base_url(base_url) + "/v1/models")["data"]]
+    models = [entry["id"] for entry in _served_models(base_url, timeout)]
     if wanted in models:
         return wanted
     if len(models) == 1:
@@ -71,6 +84,17 @@ def served_model(base_url: str, wanted: str | None = None, timeout: float = 30.0
         f"The vLLM server at {base_url} serves {models}, and none is {wanted!r}: start it with that model (or "
         "`--served-model-name`)."
     )
+
+
+def served_max_model_len(base_url: str, model: str, timeout: float = 30.0) -> int:
+    """The context (prompt + completion tokens) the server gives `model`: vLLM's `/v1/models` reports it."""
+    length = next((entry.get("max_model_len") for entry in _served_models(base_url, timeout) if entry["id"] == model),
+                  None)  # fmt: skip
+    if not isinstance(length, int):
+        raise VLLMRequestError(
+            f"The server at {base_url} reports no `max_model_len` for {model!r} in /v1/models: is it a vLLM server?"
+        )
+    return length
 
 
 def completion_request(
@@ -127,22 +151,58 @@ def parse_completions(answer: dict, num_samples: int, eos_token_ids: Sequence[in
     return completions
 
 
-def check_server_takes_lambda(base_url: str, model: str, timeout: float = 60.0) -> None:
+def _probe_logprobs(client: httpx.Client, url: str, model: str, realign_lambda: float) -> dict:
+    body = {
+        "model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "temperature": 0.0, "logprobs": PROBE_LOGPROBS,
+        "return_tokens_as_token_ids": True, "vllm_xargs": {"realign_lambda": realign_lambda},
+    }  # fmt: skip
+    answer = _send(client, "POST", url, json=body)
+    try:
+        return dict(answer["choices"][0]["logprobs"]["top_logprobs"][0])
+    except (KeyError, IndexError, TypeError) as exc:
+        raise VLLMRequestError(
+            f"The vLLM server at {url} answered a request for logprobs without them: {answer}"
+        ) from exc
+
+
+def check_server_takes_lambda(
+    base_url: str, model: str, *, adapter_is_identity: Callable[[], bool], timeout: float = 60.0
+) -> None:
     """
-    Raise unless the server validates `realign_lambda` (the trl-realign-vllm plugin refuses a non-numeric λ with HTTP
-    400): a server without the plugin ignores `vllm_xargs`, and every λ would silently give the same model.
+    Raise unless λ reaches the model. A server without the trl-realign-vllm plugin ignores `vllm_xargs` (the plugin
+    refuses a non-numeric λ with HTTP 400); one with the plugin but without the InRa routing (`--hf-overrides`) serves
+    vLLM's stock class, the λ=1 model, and validates λ all the same. So the first token's top log-probabilities at
+    λ=0 and λ=1 must differ too. They cannot for an untrained adapter (the identity: both paths are the same model),
+    where `adapter_is_identity()` is asked: then the routing cannot be shown, nor can it matter, and a warning says so.
     """
+    url = normalize_base_url(base_url) + "/v1/completions"
     body = {"model": model, "prompt": [0], "max_tokens": 1, "vllm_xargs": {"realign_lambda": "not-a-number"}}
     with httpx.Client(timeout=timeout) as client:
-        response = client.post(normalize_base_url(base_url) + "/v1/completions", json=body)
-    if response.status_code == 400 and "realign_lambda" in response.text:
+        response = client.post(url, json=body)
+        if response.status_code != 400 or "realign_lambda" not in response.text:
+            raise VLLMRequestError(
+                f"The vLLM server at {base_url} does not read `realign_lambda` (a non-numeric λ got HTTP "
+                f"{response.status_code}, not 400): it runs without the trl-realign-vllm plugin, so every λ would "
+                "give the same model. Install the plugin into the server's environment and serve the checkpoint with "
+                "its `--hf-overrides` (README, 'Serving InRa with vLLM')."
+            )
+        at_0, at_1 = (_probe_logprobs(client, url, model, lam) for lam in (0.0, 1.0))
+    if at_0.keys() != at_1.keys() or any(abs(at_0[t] - at_1[t]) > PROBE_TOLERANCE for t in at_0):
+        return
+    if adapter_is_identity():
+        logger.warning(
+            f"The vLLM server at {base_url} gives the same log-probabilities at λ=0 and λ=1, as it must: the "
+            "checkpoint's adapter is the identity (untrained: its o_proj and down_proj are zero), so every λ is the "
+            "same model and whether the server routes λ cannot be checked. Evaluating anyway."
+        )
         return
     raise VLLMRequestError(
-        f"The vLLM server at {base_url} does not read `realign_lambda` (a non-numeric λ got HTTP "
-        f"{response.status_code}, not 400): it runs without the trl-realign-vllm plugin, so every λ would give the "
-        "same model. Install the plugin into the server's environment and serve the checkpoint with its "
-        "`--hf-overrides` (README, 'Serving with vLLM')."
-    )
+        f"The vLLM server at {base_url} gives the same log-probabilities at λ=0 and λ=1 (a probe's first token, top "
+        f"{PROBE_LOGPROBS}), though the checkpoint's adapter is not the identity (or its local safetensors do not show "
+        "it): it serves vLLM's stock class, the λ=1 model at every λ. Serve the checkpoint with the trl-realign-vllm "
+        "plugin's `--hf-overrides` (e.g. "
+        '\'{"architectures": ["InRaQwen2ForCausalLM"]}\', merged into any overrides of your own; README, \'Serving '
+        "InRa with vLLM').")
 
 
 @dataclass
@@ -157,7 +217,10 @@ class VLLMBackend:
         eos_token_ids: the ids that end a completion (as the transformers backend's `resolve_eos_token_ids`).
         add_special_tokens: whether tokenizing adds BOS etc. (`False` for chat-templated prompts).
         max_concurrency: requests in flight at once (the server batches them).
-        seed: request k of a call gets seed `seed + k`, so draws do not depend on how the server batches.
+        seed: request k of a call gets seed `seed + k * num_samples` (vLLM seeds its sample j with the request's seed
+            + j), so that no two samples share a random stream and draws do not depend on how the server batches.
+        max_model_len: the server's context (read from it when `None`): a call whose longest prompt plus
+            `max_new_tokens` exceeds it is refused before any request, rather than cut short by vLLM.
         timeout: seconds one request may take.
         progress: a tqdm bar advanced by one per prompt.
     """
@@ -169,6 +232,7 @@ class VLLMBackend:
     add_special_tokens: bool = False
     max_concurrency: int = 8
     seed: int | None = None
+    max_model_len: int | None = None
     timeout: float = 3600.0
     progress: object = None
 
@@ -182,10 +246,11 @@ class VLLMBackend:
             raise ValueError("The vLLM backend needs at least one EOS token id.")
         url = normalize_base_url(self.base_url) + "/v1/completions"
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=self.add_special_tokens)["input_ids"]
+        self._check_context(prompt_ids, sampling.max_new_tokens)
         bodies = [
             completion_request(
                 self.model, ids, None if realign_lambdas is None else realign_lambdas[k], sampling, num_samples,
-                self.eos_token_ids, None if self.seed is None else self.seed + k,
+                self.eos_token_ids, None if self.seed is None else self.seed + k * num_samples,
             )  # fmt: skip
             for k, ids in enumerate(prompt_ids)
         ]
@@ -211,3 +276,17 @@ class VLLMBackend:
         pool.shutdown()
         client.close()
         return results
+
+    def _check_context(self, prompt_ids: list[list[int]], max_new_tokens: int) -> None:
+        # vLLM caps max_tokens at max_model_len - prompt length: such completions would end as `length`, truncated
+        if self.max_model_len is None:
+            self.max_model_len = served_max_model_len(self.base_url, self.model, timeout=min(self.timeout, 30.0))
+        longest = max((len(ids) for ids in prompt_ids), default=0)
+        if longest + max_new_tokens > self.max_model_len:
+            need = longest + max_new_tokens
+            raise ValueError(
+                f"The longest prompt ({longest} tokens) + max_new_tokens {max_new_tokens} = {need} tokens exceed the "
+                f"vLLM server's max_model_len {self.max_model_len}: give it a longer context (`--vllm_server_args "
+                f'"--max-model-len {need}"` where `evaluate` starts it, `--max-model-len {need}` where you do) or use '
+                "a smaller max_new_tokens."
+            )

