@@ -28,3 +28,11 @@ def test_numbers_lists_and_tensors_are_normalised():
 def test_bad_values_are_refused(value, batch_size, error, match):
     with pytest.raises(error, match=match):
         check_realign_lambda(value, batch_size)
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), [0.5, 10**400]])
+def test_lambda_beyond_float_range_is_a_value_error(value):
+    from trl_realign.modeling.realign_lambda import check_realign_lambda
+
+    with pytest.raises(ValueError, match="finite"):
+        check_realign_lambda(value)

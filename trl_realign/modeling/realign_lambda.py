@@ -17,7 +17,7 @@ def check_realign_lambda(value, batch_size: int | None = None) -> float | torch.
     `batch_size`, on a per-row λ of another length.
     """
     if isinstance(value, (list, tuple)):
-        value = torch.tensor([float(v) for v in value], dtype=torch.float32)
+        value = torch.tensor([_as_float(v) for v in value], dtype=torch.float32)
     if isinstance(value, torch.Tensor) and value.dtype != torch.bool and not value.is_complex():
         if value.dim() == 0:
             value = value.item()
@@ -42,6 +42,15 @@ def check_realign_lambda(value, batch_size: int | None = None) -> float | torch.
             "`realign_lambda` must be a number or a tensor (or list) with one float per batch row, got "
             f"{type(value).__name__}."
         )
+    value = _as_float(value)
     if not math.isfinite(value):
         raise ValueError(f"`realign_lambda` must be finite, got {value}.")
-    return float(value)
+    return value
+
+
+def _as_float(value) -> float:
+    # An integer beyond float range (10**400) is infinite as a λ, not an OverflowError
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
