@@ -346,3 +346,25 @@ def test_cache_teachers_command_needs_the_folder(tmp_path):
     with pytest.raises(ValueError, match="--teacher_cache DIR"):
         main(["cache-teachers", "--model_name_or_path", str(tmp_path), "--aligned_model_name_or_path", str(tmp_path),
               "--dataset_name", str(tmp_path), "--use_cpu", "true", "--bf16", "false"])
+
+
+def test_evaluation_rows_are_captured_and_evaluated_from_the_cache(tmp_path, ab, tokenizer):
+    a, b = ab
+    train_data, eval_data = dataset(8), dataset(6, offset=1)  # evaluation rows the training data do not have
+    cache = tmp_path / "with_eval"
+    build_teacher_cache(fresh(a), b, args_for(tmp_path, cache, eval_strategy="steps", eval_steps=5), train_data,
+                        eval_data, processing_class=tokenizer, ref_model=a)
+    assert TeacherCache(str(cache)).manifest["datasets"]["eval"]["rows"] == 6
+
+    def trainer_for(cache_dir, eval_dataset):
+        teachers = {} if cache_dir else {"ref_model": a, "aligned_model": b}
+        return TrRaTrainer(model=fresh(a), args=args_for(tmp_path, cache_dir, realign_lambda=2.0,
+                                                         per_device_eval_batch_size=2),
+                           train_dataset=train_data, eval_dataset=eval_dataset, processing_class=tokenizer, **teachers)
+
+    live = trainer_for(None, {"held_out": eval_data}).evaluate()["eval_held_out_loss"]
+    assert trainer_for(cache, {"held_out": eval_data}).evaluate()["eval_held_out_loss"] == pytest.approx(live, abs=1e-6)
+    # A dataset given to `evaluate` itself is matched to the cache too
+    assert trainer_for(cache, None).evaluate(eval_data)["eval_loss"] == pytest.approx(live, abs=1e-6)
+    with pytest.raises(TeacherCacheError, match="not in the teacher cache"):
+        trainer_for(cache, None).evaluate(dataset(4, offset=2))

@@ -85,7 +85,12 @@ def build_teacher_cache(
         )
     manifest = read_manifest(directory)
     if manifest is not None and manifest.get("complete"):
-        logger.info("The teacher cache in %s is complete; nothing to capture.", directory)
+        # Checked against the data and teachers when a run trains from it; capturing again needs an empty folder
+        logger.warning(
+            "The teacher cache in %s is complete (%s rows, teachers %s); nothing to capture. Delete the folder to "
+            "capture again.", directory, manifest.get("rows"),
+            {role: t.get("name_or_path") for role, t in manifest.get("teachers", {}).items()},
+        )
         return directory
 
     capture_args = dataclasses.replace(args, teacher_cache=None, report_to=[])

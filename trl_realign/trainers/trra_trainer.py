@@ -173,6 +173,24 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
             return self._cached_teachers
         return super()._realign_teachers()
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if self._cached_teachers is not None and eval_dataset is not None and not isinstance(eval_dataset, str):
+            # Prepared as SFTTrainer.evaluate would (it skips what is already tokenized), then matched to the cache
+            packing = self.args.packing if self.args.eval_packing is None else self.args.eval_packing
+            cache = self._cached_teachers.cache
+
+            def prepared(dataset, name):
+                dataset = self._prepare_dataset(
+                    dataset, self.processing_class, self.args, packing, self._formatting_func, name
+                )
+                return attach_cache_rows(dataset, cache, name)
+
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {name: prepared(dataset, name) for name, dataset in eval_dataset.items()}
+            else:
+                eval_dataset = prepared(eval_dataset, "eval")
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if self._cached_teachers is not None and ROW_COLUMN not in self._signature_columns:
