@@ -315,8 +315,7 @@ def test_two_processes_capture_and_train_like_one_also_under_zero3(tmp_path):
         ]
         run([*prefix, str(script), *map(str, args)], tmp_path, timeout=300)
 
-    launch(2, "capture", tmp_path / "cache2", tmp_path / "unused", 4)
-    launch(2, "train", tmp_path / "cache2", tmp_path / "two.pt", 2)
+    launch(2, "capture+train", tmp_path / "cache2", tmp_path / "two.pt", 2)
     # ZeRO-3 shards the student; the cached heads are plain tensors beside it
     launch(2, "train", tmp_path / "cache2", tmp_path / "zero3.pt", 2, script.parent / "ds_zero3.json")
     # The same in this process: one process captures everything and trains on the whole batch

@@ -1,4 +1,5 @@
-"""Capture a teacher cache, or take one SGD step of TrRa from it; run alone or under torch.distributed.run."""
+"""Capture a teacher cache and/or take one SGD step of TrRa from it (mode capture, train or capture+train); run alone
+or under torch.distributed.run."""
 
 import copy
 import sys
@@ -20,11 +21,11 @@ def main(mode: str, cache: str, output_path: str, per_device_batch: int, deepspe
         deepspeed=deepspeed,
     )
     student = copy.deepcopy(a).requires_grad_(True)
-    if mode == "capture":
+    if mode.startswith("capture"):
         # Small shards, so that each process writes several
         build_teacher_cache(student, b, args, Dataset.from_list(rows), processing_class=tokenizer, ref_model=a,
                             shard_bytes=1000)
-    else:
+    if mode.endswith("train"):
         trainer = TrRaTrainer(model=student, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer)
         trainer.train()
