@@ -79,14 +79,12 @@ def shared_cache(tmp_path_factory, ab, tokenizer):
     return capture(tmp_path_factory.mktemp("shared"), *ab, tokenizer)
 
 
-@pytest.mark.parametrize(
-    "divergence,lam,accumulation",
-    [("reverse_kl", -0.5, 1), ("forward_kl", 0.5, 2), ("jsd", 2.0, 1)],
-)
-def test_training_from_the_cache_equals_live_trra(tmp_path, ab, tokenizer, shared_cache, divergence, lam, accumulation):
-    kwargs = dict(realign_lambda=lam, divergence=divergence, gradient_accumulation_steps=accumulation)
-    if accumulation > 1:
-        kwargs["per_device_train_batch_size"] = 2
+@pytest.mark.parametrize("lam", [-0.5, 0.5, 2.0])
+@pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "jsd"])
+def test_training_from_the_cache_equals_live_trra(tmp_path, ab, tokenizer, shared_cache, divergence, lam):
+    kwargs = dict(realign_lambda=lam, divergence=divergence)
+    if lam == 0.5:  # with gradient accumulation: two micro-batches of 2 rows a step
+        kwargs.update(per_device_train_batch_size=2, gradient_accumulation_steps=2)
     live = train(tmp_path, *ab, tokenizer, **kwargs)
     cached = train(tmp_path, *ab, tokenizer, cache=shared_cache, **kwargs)
     assert_same_run(live, cached)
