@@ -24,11 +24,17 @@ def _quickstart(argv: list[str]) -> None:
         help="λ of the InRa sweep (one model, all λ in one batch).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Random seed of data, models and sampling.")
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="Also show the libraries' output (progress bars of every model load and training run, logs, warnings).",
+    )
     args = raise_usage_errors(parser, "quickstart").parse_args(argv)
     from ..quickstart import QuickstartSettings, run_quickstart
 
     settings = QuickstartSettings(inra_lambdas=tuple(args.inra_lambdas))
-    run_quickstart(output_dir=args.output_dir, lambdas=tuple(args.lambdas), seed=args.seed, settings=settings)
+    run_quickstart(
+        output_dir=args.output_dir, lambdas=tuple(args.lambdas), seed=args.seed, settings=settings, verbose=args.verbose
+    )
 
 
 # name -> (module under trl_realign.cli with a `run(argv)`, one-line help); modules are imported only when used,
