@@ -38,7 +38,7 @@ def check_config_file(argv: list[str]) -> dict | None:
 
 
 def _bf16_supported() -> bool:
-    """transformers' own test in `TrainingArguments`: bf16 needs a GPU (or XLA device) with bf16, or `use_cpu`."""
+    """Whether the machine has bf16 as `TrainingArguments` tests it: a GPU or XLA device with bf16 (use_cpu aside)."""
     from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
     return is_torch_bf16_gpu_available() or is_torch_xla_available()
@@ -69,7 +69,8 @@ def _refuse_bf16(parser, argv: list[str]) -> None:
     from .launch import without_subsequence
 
     config = argv[argv.index("--config") : argv.index("--config") + 2] if "--config" in argv else []
-    # The recipe's values are the parser's defaults by now; parsing alone builds no dataclass, so it cannot fail so
+    # The recipe's values are the parser's defaults by now; `parse_known_args` builds no dataclass, so transformers'
+    # check does not run (and refuse) again
     namespace, _ = parser.parse_known_args(without_subsequence(argv, config))
     asks_bf16 = getattr(namespace, "bf16", False) or getattr(namespace, "bf16_full_eval", False)
     if asks_bf16 and not getattr(namespace, "use_cpu", False) and not _bf16_supported():
@@ -96,8 +97,8 @@ def parse_command_line(parser, command: str, argv: list[str], allow_launcher: bo
         recipe = check_config_file(argv)
         note = _precision_default(parser, command, argv, recipe)
         try:
-            # The config dataclasses warn about their own deprecated defaults (TRL's `gradient_checkpointing`), which
-            # no option of ours can change: noise in front of every command's output or one-line error
+            # The config dataclasses warn about defaults no option can change (transformers deprecates
+            # `gradient_checkpointing`, which TRL's configs set): noise in front of every output or one-line error
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
