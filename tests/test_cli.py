@@ -512,3 +512,16 @@ def test_debug_shows_the_traceback(case, error_reports):
     assert "Traceback (most recent call last)" in report["stderr"]
     assert report["stderr"].splitlines()[-1] == error_reports[name]["stderr"].strip()
     assert report["code"] == ERROR_CASES[name][1]
+
+
+def test_failures_after_the_checks_keep_their_traceback(models, monkeypatch):
+    """A ValueError while training is not the user's input being refused: it escapes the console entry point as is."""
+    from trl_realign.cli import main as cli_main
+
+    def fail_in_training(*args):
+        raise ValueError("deep inside training")
+
+    monkeypatch.setattr(command_module("trra"), "main", fail_in_training)
+    with pytest.raises(ValueError, match="deep inside training") as error_info:
+        cli_main.main(["trra", *trra_args(models)])
+    assert not isinstance(error_info.value, cli_main.UserError)
