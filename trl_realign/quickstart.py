@@ -296,8 +296,9 @@ def add_divergences(rows: list[dict], path_a: str, path_b: str, tokenizer, datas
         return torch.log_softmax(logits.float(), dim=-1)
 
     reference = {"kl_to_a": log_probs(path_a), "kl_to_b": log_probs(path_b)}
+    known = {path_a: reference["kl_to_a"], path_b: reference["kl_to_b"]}
     for row in rows:
-        own = log_probs(row["path"])
+        own = known[row["path"]] if row["path"] in known else log_probs(row["path"])
         for key, other in reference.items():
             kl = (own.exp() * (own - other)).sum(-1)
             row[key] = float((kl * scored).sum() / scored.sum())
