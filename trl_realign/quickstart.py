@@ -275,8 +275,8 @@ def add_divergences(rows: list[dict], path_a: str, path_b: str, tokenizer, datas
     """
     Add to each row (with its model's `path`) `kl_to_a` and `kl_to_b`: the mean per-token KL(model ‖ A) and
     KL(model ‖ B), in nats, of the next-token distributions along `dataset`'s completions (teacher-forced, EOS
-    included). Students whose samples look alike (λ=1 and λ=2 both write the short style) differ here: λ moves the
-    distributions, λ > 1 beyond B and away from A.
+    included). Students whose samples look alike (λ=1 and λ=2 land on the same completion length) differ here: λ
+    moves the distributions, λ > 1 beyond B, away from A.
     """
     prompts = [tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] for row in dataset]
     completions = [tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
