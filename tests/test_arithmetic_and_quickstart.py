@@ -71,6 +71,29 @@ def test_dataset_styles():
         arithmetic_dataset(problems, "verbose")
 
 
+def test_quickstart_library_output_is_scoped(capsys):
+    """Quiet inside the block (bars, logs, warnings), as before after it; `verbose` changes nothing."""
+    import logging
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    from trl_realign.quickstart import library_output
+
+    logger = logging.getLogger("trl.some_module")
+    with library_output(verbose=False):
+        assert not hf_logging.is_progress_bar_enabled() and not datasets.is_progress_bar_enabled()
+        logger.warning("library warning")
+        warnings.warn("library deprecation", FutureWarning)
+    assert capsys.readouterr().err == ""
+    assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
+    assert logging.root.manager.disable == logging.NOTSET
+    with library_output(verbose=True), pytest.warns(FutureWarning):
+        assert hf_logging.is_progress_bar_enabled()
+        warnings.warn("library deprecation", FutureWarning)
+
+
 def test_quickstart_end_to_end_with_tiny_budgets(tmp_path, capsys):
     from trl_realign.quickstart import DirectAnswerSettings, QuickstartSettings, run_quickstart
 
@@ -84,11 +107,23 @@ def test_quickstart_end_to_end_with_tiny_budgets(tmp_path, capsys):
     )
     out = tmp_path / "qs"
     tables = run_quickstart(str(out), lambdas=(0.5, 2.0), seed=0, settings=settings)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "TrRa on column addition" in printed and "InRa" in printed
+    # Its own stage bar and tables only: no bar per model load or training run, no logged metrics, no warnings
+    for noise in ("Loading weights", "Writing model shards", "Tokenizing", "train_runtime", "Warning", "λ sweep:"):
+        assert noise not in captured.out + captured.err
+    assert "quickstart:" in captured.err
 
     table = json.loads((out / "table.json").read_text())
     assert [row["name"] for row in table["rows"]] == ["A", "TrRa λ=0.5", "TrRa λ=2", "B"]
+    # What λ changes, even where the samples look alike: the divergences to A and B, A and B at 0 from themselves
+    header = next(line for line in printed.splitlines() if line.startswith("model "))
+    assert header.split()[-6:] == ["KL", "to", "A", "KL", "to", "B"]
+    a, low, high, b = table["rows"]
+    assert a["kl_to_a"] == b["kl_to_b"] == 0.0 and a["kl_to_b"] > 0 and b["kl_to_a"] > 0
+    assert low["kl_to_b"] != high["kl_to_b"] and low["kl_to_a"] != high["kl_to_a"]
+    assert f"{high['kl_to_b']:.3f}" in next(line for line in printed.splitlines() if line.startswith("TrRa λ=2 "))
     assert table["rows"] == json.loads(json.dumps(tables["trra"]))
     for row in table["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0 and 0 < row["mean_tokens"] <= 12

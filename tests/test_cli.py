@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_realign.cli import launch
-from trl_realign.cli.main import COMMANDS, main
+from trl_realign.cli.errors import UsageError
+from trl_realign.cli.main import COMMANDS, run_command
 from trl_realign.cli.parsing import parse_command_line
 from trl_realign.testing import tiny_causal_lm
 
@@ -59,12 +61,12 @@ def trra_args(models, *extra):
 
 # ------------------------------------------------------------------------------------------------------------- help
 def test_top_level_help_lists_every_command(capsys):
-    main(["--help"])
+    run_command(["--help"])
     out = capsys.readouterr().out
     for name in COMMANDS:
         assert f"  {name}" in out
-    with pytest.raises(SystemExit, match="unknown command 'trian'"):
-        main(["trian"])
+    with pytest.raises(UsageError, match="unknown command 'trian'.*trra, onpolicy"):
+        run_command(["trian"])
 
 
 @pytest.mark.parametrize("name", PARSED_COMMANDS)
@@ -73,7 +75,7 @@ def test_help_documents_every_option(name, capsys):
     undocumented = [a.dest for a in parser._actions if a.dest != "help" and not (a.help or "").strip()]
     assert undocumented == []
     with pytest.raises(SystemExit) as exit_info:
-        main([name, "--help"])
+        run_command([name, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for action in parser._actions:
@@ -86,51 +88,72 @@ def test_help_documents_every_option(name, capsys):
 def test_unknown_yaml_key_is_reported_before_loading(models, tmp_path, no_model_loading):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("realign_lambda: 2.0\nrealign_lamda: 3.0\n")
-    with pytest.raises(ValueError, match=r"Unknown keys in the YAML recipe.*'realign_lamda'"):
-        main(["trra", "--config", str(recipe), *trra_args(models)])
+    with pytest.raises(ValueError, match=r"unknown keys in the YAML recipe.*'realign_lamda'"):
+        run_command(["trra", "--config", str(recipe), *trra_args(models)])
 
 
 def test_missing_config_file(models, no_model_loading):
-    with pytest.raises(FileNotFoundError, match="Config file 'missing.yaml' not found"):
-        main(["trra", "--config", "missing.yaml", *trra_args(models)])
+    with pytest.raises(FileNotFoundError, match="config file 'missing.yaml' not found"):
+        run_command(["trra", "--config", "missing.yaml", *trra_args(models)])
 
 
 def test_missing_data_file(models, tmp_path, no_model_loading):
     args = trra_args(models)
     args[args.index("--dataset_name") + 1] = str(tmp_path / "nope.jsonl")
     with pytest.raises(FileNotFoundError, match="nope.jsonl.*does not exist"):
-        main(["trra", *args])
+        run_command(["trra", *args])
 
 
 def test_missing_model_folder(models, no_model_loading):
     args = trra_args(models)
     args[args.index("--aligned_model_name_or_path") + 1] = "./no/such/model"
     with pytest.raises(FileNotFoundError, match="no/such/model"):
-        main(["trra", *args])
+        run_command(["trra", *args])
 
 
 def test_unknown_accelerate_config(models, no_model_loading):
-    with pytest.raises(ValueError, match=r"Unknown `--accelerate_config zero4`.*zero2.*zero3_offload.*--config_file"):
-        main(["trra", *trra_args(models), "--accelerate_config", "zero4"])
+    with pytest.raises(ValueError, match=r"unknown `--accelerate_config zero4`.*zero2.*zero3_offload.*--config_file"):
+        run_command(["trra", *trra_args(models), "--accelerate_config", "zero4"])
 
 
 def test_accelerate_config_file_errors(models, tmp_path, no_model_loading):
-    with pytest.raises(FileNotFoundError, match="Accelerate config file 'mine.yaml'"):
-        main(["trra", *trra_args(models), "--config_file", "mine.yaml"])
+    with pytest.raises(FileNotFoundError, match="accelerate config file 'mine.yaml'"):
+        run_command(["trra", *trra_args(models), "--config_file", "mine.yaml"])
     (tmp_path / "mine.yaml").write_text("num_processes: 2\n")
     with pytest.raises(ValueError, match="either `--accelerate_config NAME` or `--config_file FILE`"):
-        main(["trra", *trra_args(models), "--accelerate_config", "zero2", "--config_file", str(tmp_path / "mine.yaml")])
+        run_command(["trra", *trra_args(models), "--accelerate_config", "zero2", "--config_file", str(tmp_path / "mine.yaml")])
 
 
 def test_unknown_flag(models, no_model_loading):
-    with pytest.raises(ValueError, match=r"Unknown argument '--realign_lamda'"):
-        main(["trra", *trra_args(models), "--realign_lamda", "2"])
+    with pytest.raises(ValueError, match=r"unknown argument '--realign_lamda'"):
+        run_command(["trra", *trra_args(models), "--realign_lamda", "2"])
+
+
+def test_bf16_on_a_machine_without_it(models, tmp_path, monkeypatch, no_model_loading):
+    """TRL's default bf16 becomes float32 there, and says so; bf16 asked for explicitly is refused, naming the fix."""
+    from trl_realign.cli import parsing
+
+    monkeypatch.setattr(parsing, "_bf16_supported", lambda: False)
+    args = trra_args(models)
+    for option in ("--use_cpu", "--bf16"):
+        del args[args.index(option) : args.index(option) + 2]
+    parsed = parse_command_line(command_module("trra").make_parser(), "trra", args)
+    assert parsed.args[1].bf16 is False and "float32" in parsed.note and "TRL's default bf16" in parsed.note
+    with pytest.raises(ValueError, match=r"ask for bf16, which this machine does not support.*`--bf16 false`"):
+        run_command(["trra", *args, "--bf16", "true"])
+    recipe = tmp_path / "bf16.yaml"
+    recipe.write_text("bf16: true\n")
+    with pytest.raises(ValueError, match=r"`--bf16 false` or set `bf16: false` in the recipe"):
+        run_command(["trra", "--config", str(recipe), *args])
+    # bf16 on the CPU, asked for, is what transformers allows
+    parsed = parse_command_line(command_module("trra").make_parser(), "trra", [*args, "--bf16", "true", "--use_cpu", "true"])
+    assert parsed.args[1].bf16 is True and parsed.note is None
 
 
 @pytest.mark.parametrize("name", ["sft", "dpo"])
 def test_adapter_commands_refuse_model_lora(models, name, no_model_loading):
     with pytest.raises(ValueError, match="adapter_lora"):
-        main([name, "--model_name_or_path", str(models / "A"), "--dataset_name", str(models / "data.jsonl"),
+        run_command([name, "--model_name_or_path", str(models / "A"), "--dataset_name", str(models / "data.jsonl"),
               "--use_peft", "true", "--use_cpu", "true", "--report_to", "none", "--output_dir", "unused"])  # fmt: skip
 
 
@@ -155,7 +178,7 @@ def test_launcher_options_relaunch_the_same_command(models, monkeypatch):
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("the parent loaded a model"))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     args = trra_args(models, "--realign_lambda", "3")
-    main(["trra", *args[:4], "--num_processes", "8", *args[4:], "--accelerate_config", "zero3", "--main_process_port=29999"])
+    run_command(["trra", *args[:4], "--num_processes", "8", *args[4:], "--accelerate_config", "zero3", "--main_process_port=29999"])
     ((command, env),) = calls
     packaged = launch.accelerate_config_path("zero3")
     assert Path(packaged).is_file() and Path(packaged).parent.name == "accelerate_configs"
@@ -168,7 +191,7 @@ def test_launcher_options_relaunch_the_same_command(models, monkeypatch):
 def test_relaunch_failure_exits_with_its_status(models, monkeypatch):
     monkeypatch.setattr(launch.subprocess, "run", lambda command, env: subprocess.CompletedProcess(command, 3))
     with pytest.raises(SystemExit) as exit_info:
-        main(["trra", *trra_args(models), "--num_processes", "2"])
+        run_command(["trra", *trra_args(models), "--num_processes", "2"])
     assert exit_info.value.code == 3
 
 
@@ -257,7 +280,7 @@ def test_recipe_accelerate_configs_point_at_their_deepspeed_json(stage):
 
 # ------------------------------------------------------------------------------------ expand, prepare, generate
 def test_expand_command(models, tmp_path):
-    main(["expand", "--model_name_or_path", str(models / "A"), "--output_dir", str(tmp_path / "x"), "--num_adapters", "2"])
+    run_command(["expand", "--model_name_or_path", str(models / "A"), "--output_dir", str(tmp_path / "x"), "--num_adapters", "2"])
     expanded = AutoModelForCausalLM.from_pretrained(tmp_path / "x")
     assert expanded.config.num_hidden_layers == 4 and expanded.config.layer_adapter["num_adapters"] == 2
     assert AutoTokenizer.from_pretrained(tmp_path / "x").get_vocab() == AutoTokenizer.from_pretrained(models / "A").get_vocab()
@@ -268,7 +291,7 @@ def test_prepare_command_writes_what_the_library_returns(models, tmp_path):
     from trl_realign.data.prepare import prepare_openr1_short_cot
 
     out = tmp_path / "short.jsonl"
-    main(["prepare", "--dataset_name", str(DATA / "openr1_math.jsonl"), "--dataset_preparation", "openr1_short_cot",
+    run_command(["prepare", "--dataset_name", str(DATA / "openr1_math.jsonl"), "--dataset_preparation", "openr1_short_cot",
           "--tokenizer_name_or_path", str(models / "A"), "--output_path", str(out), "--keep_generations", "all"])  # fmt: skip
     written = load_dataset_source(str(out))["train"].to_list()
     expected = prepare_openr1_short_cot(
@@ -278,8 +301,8 @@ def test_prepare_command_writes_what_the_library_returns(models, tmp_path):
 
 
 def test_prepare_command_needs_a_tokenizer_for_openr1(no_model_loading, tmp_path):
-    with pytest.raises(ValueError, match="needs `--tokenizer_name_or_path`"):
-        main(["prepare", "--dataset_name", str(DATA / "openr1_math.jsonl"), "--dataset_preparation", "openr1_math",
+    with pytest.raises(ValueError, match=r"needs the model's tokenizer \(`--tokenizer_name_or_path`\)"):
+        run_command(["prepare", "--dataset_name", str(DATA / "openr1_math.jsonl"), "--dataset_preparation", "openr1_math",
               "--output_path", str(tmp_path / "x.jsonl")])  # fmt: skip
 
 
@@ -294,7 +317,7 @@ def test_generate_matches_inra_row_by_row(tmp_path, tokenizer):
     model.save_pretrained(tmp_path / "inra")
     tokenizer.save_pretrained(tmp_path / "inra")
     out = tmp_path / "gen.jsonl"
-    main(["generate", "--model_name_or_path", str(tmp_path / "inra"), "--prompt", "12+3=", "7*7=", "--realign_lambda",
+    run_command(["generate", "--model_name_or_path", str(tmp_path / "inra"), "--prompt", "12+3=", "7*7=", "--realign_lambda",
           "0", "1.5", "--max_new_tokens", "6", "--batch_size", "3", "--dtype", "float32", "--output_file", str(out)])  # fmt: skip
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["prompt"], r["realign_lambda"]) for r in records] == [("12+3=", 0.0), ("12+3=", 1.5), ("7*7=", 0.0), ("7*7=", 1.5)]
@@ -346,7 +369,7 @@ def test_generate_and_evaluate_count_tokens_alike_when_pad_is_eos(tmp_path, toke
     qwen_like.save_pretrained(tmp_path / "inra")
 
     out = tmp_path / "gen.jsonl"
-    main(["generate", "--model_name_or_path", str(tmp_path / "inra"), "--prompt", *prompts, "--realign_lambda", "0",
+    run_command(["generate", "--model_name_or_path", str(tmp_path / "inra"), "--prompt", *prompts, "--realign_lambda", "0",
           "1", "--max_new_tokens", str(max_new_tokens), "--dtype", "float32", "--output_file", str(out)])  # fmt: skip
     generated = {(r["prompt"], r["realign_lambda"]): r for r in map(json.loads, out.read_text().splitlines())}
     args = EvalConfig(
@@ -371,23 +394,23 @@ def test_generate_and_evaluate_count_tokens_alike_when_pad_is_eos(tmp_path, toke
 def test_generate_needs_prompts(tmp_path, no_model_loading):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match="exactly one of `--prompt"):
-        main(["generate", "--model_name_or_path", str(tmp_path / "m")])
+        run_command(["generate", "--model_name_or_path", str(tmp_path / "m")])
 
 
 def test_generate_refuses_sampling_at_temperature_zero(tmp_path, no_model_loading):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match="--temperature. > 0"):
-        main(["generate", "--model_name_or_path", str(tmp_path / "m"), "--prompt", "1+1=", "--do_sample", "true",
+        run_command(["generate", "--model_name_or_path", str(tmp_path / "m"), "--prompt", "1+1=", "--do_sample", "true",
               "--temperature", "0"])  # fmt: skip
 
 
 def test_eval_command_refuses_a_missing_dataset(tmp_path, no_model_loading):
     (tmp_path / "m").mkdir()
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["eval", "--model_name_or_path", str(tmp_path / "m"), "--dataset_name", str(tmp_path / "math.jsonl")])
+        run_command(["eval", "--model_name_or_path", str(tmp_path / "m"), "--dataset_name", str(tmp_path / "math.jsonl")])
     (tmp_path / "math.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
     with pytest.raises(ValueError, match="needs a model"):
-        main(["eval", "--dataset_name", str(tmp_path / "math.jsonl")])
+        run_command(["eval", "--dataset_name", str(tmp_path / "math.jsonl")])
 
 
 def test_eval_command_writes_a_summary_per_lambda(tmp_path, tokenizer):
@@ -395,7 +418,7 @@ def test_eval_command_writes_a_summary_per_lambda(tmp_path, tokenizer):
 
     expand_model(tiny_causal_lm("qwen2", seed=4, vocab_size=len(tokenizer)), str(tmp_path / "inra"), tokenizer=tokenizer)
     (tmp_path / "math.jsonl").write_text("".join(json.dumps({"problem": f"{i}+{i}", "answer": str(2 * i)}) + "\n" for i in range(3)))
-    main(["eval", "--model_name_or_path", str(tmp_path / "inra"), "--dataset_name", str(tmp_path / "math.jsonl"),
+    run_command(["eval", "--model_name_or_path", str(tmp_path / "inra"), "--dataset_name", str(tmp_path / "math.jsonl"),
           "--dataset_split", "train", "--realign_lambdas", "0", "1", "--num_samples", "1", "--temperature", "0",
           "--max_new_tokens", "3", "--scorer", "exact_match", "--dtype", "float32", "--output_dir", str(tmp_path / "eval"),
           "--disable_tqdm", "true", "--device", "cpu"])  # fmt: skip
@@ -410,5 +433,102 @@ def test_adapter_training_under_zero3_needs_an_expanded_checkpoint(models, monke
 
     monkeypatch.setattr(hf_deepspeed, "is_deepspeed_zero3_enabled", lambda: True)
     with pytest.raises(ValueError, match="needs an expanded checkpoint.*trl-realign expand"):
-        main(["sft", "--model_name_or_path", str(models / "A"), "--dataset_name", str(models / "data.jsonl"),
+        run_command(["sft", "--model_name_or_path", str(models / "A"), "--dataset_name", str(models / "data.jsonl"),
               "--use_cpu", "true", "--report_to", "none", "--output_dir", "unused"])  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- one-line errors
+FIXTURE_DATA = str(DATA / "openr1_math.jsonl")
+MISSING = "./no/such/model"
+# name -> (argv, exit status, a piece of the fix); per command a bad or missing option and a missing model folder
+ERROR_CASES = {
+    "trra-nothing": (["trra"], 2, "in a YAML recipe: `--config FILE`"),
+    "trra-unknown-option": (["trra", "--realign_lamda", "2"], 2, "`trl-realign trra --help` lists the options"),
+    "trra-bad-value": (["trra", "--realign_lambda", "two"], 2, "see `trl-realign trra --help`"),
+    "trra-missing-model": (["trra", "--model_name_or_path", MISSING, "--aligned_model_name_or_path", MISSING,
+                            "--dataset_name", FIXTURE_DATA], 1, "pass an existing folder or a hub id"),
+    "trra-missing-cache": (["trra", "--model_name_or_path", "org/a", "--aligned_model_name_or_path", "org/b",
+                           "--dataset_name", FIXTURE_DATA, "--teacher_cache", "./no/such/cache"], 1,
+                           "capture one first with `trl-realign cache-teachers"),
+    "cache-teachers-nothing": (["cache-teachers", "--dataset_name", FIXTURE_DATA], 2, "pass them as flags"),
+    "cache-teachers-missing-model": (["cache-teachers", "--model_name_or_path", MISSING, "--aligned_model_name_or_path",
+                                      MISSING, "--dataset_name", FIXTURE_DATA, "--teacher_cache", "c"], 1,
+                                     "pass an existing folder or a hub id"),
+    "onpolicy-nothing": (["onpolicy", "--dataset_name", FIXTURE_DATA], 2, "pass them as flags"),
+    "onpolicy-missing-model": (["onpolicy", "--model_name_or_path", MISSING, "--aligned_model_name_or_path", "org/b",
+                                "--dataset_name", FIXTURE_DATA], 1, "pass an existing folder or a hub id"),
+    "sft-bad-value": (["sft", "--num_adapters", "one"], 2, "see `trl-realign sft --help`"),
+    "sft-missing-model": (["sft", "--model_name_or_path", MISSING, "--dataset_name", FIXTURE_DATA], 1,
+                          "pass an existing folder or a hub id"),
+    "dpo-nothing": (["dpo"], 2, "pass them as flags"),
+    "dpo-missing-model": (["dpo", "--model_name_or_path", MISSING, "--dataset_name", FIXTURE_DATA], 1,
+                          "pass an existing folder or a hub id"),
+    "expand-bad-choice": (["expand", "--init", "zeros"], 2, "see `trl-realign expand --help`"),
+    "expand-missing-model": (["expand", "--model_name_or_path", MISSING, "--output_dir", "x"], 1,
+                             "pass an existing folder or a hub id"),
+    "generate-nothing": (["generate"], 2, "pass it as a flag"),
+    "generate-missing-model": (["generate", "--model_name_or_path", MISSING, "--prompt", "1+1="], 1,
+                               "pass an existing folder or a hub id"),
+    "eval-unknown-option": (["eval", "--temprature", "0"], 2, "see `--help`"),
+    "eval-missing-model": (["eval", "--model_name_or_path", "/nonexistent", "--dataset_name", FIXTURE_DATA], 1,
+                           "pass an existing folder or a hub id"),
+    "sweep-bad-choice": (["sweep", "--method", "bayes"], 2, "see `trl-realign sweep --help`"),
+    "sweep-missing-recipe": (["sweep", "--recipe", "./no/such/recipe.yaml", "--parameters",
+                              '{"realign_lambda": {"values": [1, 2]}}'], 1, "see `trl-realign sweep --help`"),
+    "prepare-nothing": (["prepare"], 2, "pass them as flags"),
+    "prepare-missing-data": (["prepare", "--dataset_name", "./no/such/data.jsonl", "--output_path", "x.jsonl",
+                              "--dataset_preparation", "ultrafeedback"], 1, "see `trl-realign prepare --help`"),
+    "quickstart-bad-value": (["quickstart", "--seed", "zero"], 2, "see `trl-realign quickstart --help`"),
+    "unknown-command": (["trian"], 2, "the commands are trra, onpolicy"),
+}
+DEBUG_CASES = {  # the same failures with the traceback asked for, by flag and by environment
+    "eval-missing-model --debug": ([*ERROR_CASES["eval-missing-model"][0], "--debug"], {}),
+    "trra-bad-value TRL_REALIGN_DEBUG=1": (ERROR_CASES["trra-bad-value"][0], {"TRL_REALIGN_DEBUG": "1"}),
+}
+
+
+@pytest.fixture(scope="module")
+def error_reports(tmp_path_factory):
+    """Every case through the console entry point, all in one subprocess (imports cost seconds per start)."""
+    root = tmp_path_factory.mktemp("cli_errors")
+    cases = [{"argv": argv} for argv, _, _ in ERROR_CASES.values()]
+    cases += [{"argv": argv, "env": env} for argv, env in DEBUG_CASES.values()]
+    (root / "cases.json").write_text(json.dumps(cases))
+    env = {key: value for key, value in os.environ.items() if key not in ("WANDB_MODE", "TRL_REALIGN_DEBUG")}
+    subprocess.run([sys.executable, str(Path(__file__).parent / "scripts" / "cli_error_cases.py"), "cases.json",
+                    "report.json"], cwd=root, env=env, check=True, timeout=600)  # fmt: skip
+    reports = json.loads((root / "report.json").read_text())
+    return dict(zip([*ERROR_CASES, *DEBUG_CASES], reports))
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_expected_failures_are_one_line_with_the_fix(case, error_reports):
+    argv, code, fix = ERROR_CASES[case]
+    report = error_reports[case]
+    lines = report["stderr"].splitlines()
+    assert len(lines) == 1, report["stderr"]
+    prefix = "trl-realign: error: " if case == "unknown-command" else f"trl-realign {argv[0]}: error: "
+    assert lines[0].startswith(prefix) and lines[0].endswith(")") and fix in lines[0]
+    assert report["code"] == code
+
+
+@pytest.mark.parametrize("case", list(DEBUG_CASES))
+def test_debug_shows_the_traceback(case, error_reports):
+    report = error_reports[case]
+    name = case.split()[0]
+    assert "Traceback (most recent call last)" in report["stderr"]
+    assert report["stderr"].splitlines()[-1] == error_reports[name]["stderr"].strip()
+    assert report["code"] == ERROR_CASES[name][1]
+
+
+def test_failures_after_the_checks_keep_their_traceback(models, monkeypatch):
+    """A ValueError while training is not the user's input being refused: it escapes the console entry point as is."""
+    from trl_realign.cli import main as cli_main
+
+    def fail_in_training(*args):
+        raise ValueError("deep inside training")
+
+    monkeypatch.setattr(command_module("trra"), "main", fail_in_training)
+    with pytest.raises(ValueError, match="deep inside training") as error_info:
+        cli_main.main(["trra", *trra_args(models)])
+    assert not isinstance(error_info.value, cli_main.UserError)

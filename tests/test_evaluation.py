@@ -350,6 +350,19 @@ def test_plot_is_a_png_with_accuracy_truncation_and_tokens(tmp_path):
         plot_lambda_sweep([], str(tmp_path / "empty.png"))
 
 
+def test_plot_rate_panels_share_one_percent_scale():
+    """A sweep that never truncates still shows its truncation rate on 0-100 %, as accuracy is, not on 0-1."""
+    summary = [
+        {"method": "inra", "realign_lambda": lam, "accuracy": acc, "truncation_rate": 0.0, "mean_tokens": 20.0}
+        for lam, acc in [(0.0, 0.995), (1.0, 0.4)]
+    ]
+    accuracy, truncation, tokens = lambda_sweep_figure(summary).axes
+    assert accuracy.get_ylim() == truncation.get_ylim() == (0.0, 100.0)
+    assert list(truncation.get_lines()[0].get_ydata()) == [0.0, 0.0]
+    assert list(accuracy.get_lines()[0].get_ydata()) == pytest.approx([99.5, 40.0])
+    assert tokens.get_ylim() != (0.0, 100.0)
+
+
 # -------------------------------------------------------------------------------------------------------- end to end
 
 

@@ -406,11 +406,11 @@ def test_onpolicy_command_trains_and_saves(tmp_path, tokenizer):
 
 
 def test_onpolicy_command_needs_the_aligned_model(tmp_path):
-    from trl_realign.cli.main import main
+    from trl_realign.cli.main import run_command
 
     (tmp_path / "data.jsonl").write_text('{"prompt": "1+1="}\n')
     with pytest.raises(ValueError, match="aligned_model_name_or_path"):
-        main(["onpolicy", "--model_name_or_path", "org/model", "--dataset_name", str(tmp_path / "data.jsonl"),
+        run_command(["onpolicy", "--model_name_or_path", "org/model", "--dataset_name", str(tmp_path / "data.jsonl"),
               "--use_cpu", "true", "--output_dir", str(tmp_path / "out")])  # fmt: skip
 
 

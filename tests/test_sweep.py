@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from trl_realign.cli.main import main
+from trl_realign.cli.main import main, run_command
 from trl_realign.sweep import SweepConfig, apply_overrides, sweep_points
 from trl_realign.testing import tiny_causal_lm
 
@@ -106,7 +106,7 @@ def test_sweep_keys_must_be_options_of_the_command(models, tmp_path, monkeypatch
     sweep.write_text(yaml.safe_dump({"command": "trra", "recipe": str(models / "trra.yaml"),
                                      "parameters": {"realign_lamda": {"values": [1.0]}}}))  # fmt: skip
     with pytest.raises(ValueError, match=r"\['realign_lamda'\], which are not options of `trl-realign trra`"):
-        main(["sweep", "--config", str(sweep)])
+        run_command(["sweep", "--config", str(sweep)])
 
 
 def test_apply_overrides():

@@ -338,10 +338,10 @@ def test_two_processes_capture_and_train_like_one_also_under_zero3(tmp_path):
 
 
 def test_cache_teachers_command_needs_the_folder(tmp_path):
-    from trl_realign.cli.main import main
+    from trl_realign.cli.main import run_command
 
     with pytest.raises(ValueError, match="--teacher_cache DIR"):
-        main(["cache-teachers", "--model_name_or_path", str(tmp_path), "--aligned_model_name_or_path", str(tmp_path),
+        run_command(["cache-teachers", "--model_name_or_path", str(tmp_path), "--aligned_model_name_or_path", str(tmp_path),
               "--dataset_name", str(tmp_path), "--use_cpu", "true", "--bf16", "false"])
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 # The ranges CI tests (keep in step with pyproject.toml and the README's "Supported versions")
 TESTED_RANGES = {
-    "transformers": "5.19 to 5.24",
+    "transformers": "5.19 to 5.25",
     "trl": "1.16",
     "deepspeed": "0.19.8",
 }
@@ -68,7 +68,7 @@ def lookup(distribution: str, module: str, name: str, parameters: tuple[str, ...
 def cache_kwarg() -> str:
     """
     The keyword under which transformers passes the KV cache to model forwards, decoder layers and mask functions:
-    `cache` from transformers 5.24, `past_key_values` before (5.24 still accepts it, with a deprecation warning).
+    `cache` from transformers 5.24, `past_key_values` before (still accepted up to 5.25, with a deprecation warning).
     `generate()` passes it under this name and reads it back from the output under this name.
     """
     from transformers.masking_utils import create_causal_mask

@@ -20,15 +20,19 @@ which a `copy.deepcopy` would share with the original.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging as hf_logging
 from trl import SFTConfig, SFTTrainer
 
 from .data.arithmetic import arithmetic_dataset, sample_problems
@@ -87,6 +91,49 @@ class QuickstartSettings:
     direct_answer: DirectAnswerSettings | None = field(default_factory=DirectAnswerSettings)
 
 
+@contextlib.contextmanager
+def library_output(verbose: bool):
+    """
+    Unless `verbose`, silence the libraries the quickstart calls for the duration of the block, so that it prints its
+    own stage bar and tables only: the progress bars of transformers (a "Loading weights" bar per model) and datasets
+    (TRL's tokenization), log records below ERROR (TRL, accelerate, DeepSpeed, ...) and Python warnings (each
+    trainer's config repeats the same deprecation). Everything is restored on exit.
+    """
+    if verbose:
+        yield
+        return
+    import datasets
+
+    saved_logging_disable = logging.root.manager.disable
+    transformers_bars, datasets_bars = hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(saved_logging_disable)
+        if transformers_bars:
+            hf_logging.enable_progress_bar()
+        if datasets_bars:
+            datasets.enable_progress_bars()
+
+
+def _library_bars() -> bool:
+    """Whether the libraries' progress bars are on: off inside a quiet [`library_output`] block."""
+    return hf_logging.is_progress_bar_enabled()
+
+
+def _train(trainer) -> None:
+    """`trainer.train()`, without the trainer's per-step bar and printed logs while the libraries are quiet."""
+    if not _library_bars():
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+    trainer.train()
+
+
 def _trainer_args(config_cls, output_dir: str, steps: int, lr: float, batch_size: int, seed: int, **extra):
     return config_cls(
         output_dir=output_dir,
@@ -127,7 +174,7 @@ def train_sft(path, model, dataset, steps: int, lr: float, tokenizer, settings: 
     """`model` fine-tuned on `dataset` with `SFTTrainer`, written to `path`."""
     args = _trainer_args(SFTConfig, path + ".run", steps, lr, settings.batch_size, seed)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
+    _train(trainer)
     return _finish(trainer, path, tokenizer)
 
 
@@ -164,7 +211,7 @@ def train_student(path, reference_path, aligned_path, realign_lambda, tokenizer,
     teachers = {} if teacher_cache else {"aligned_model": _load(aligned_path)}
     trainer = TrRaTrainer(model=_load(reference_path), args=args, train_dataset=dataset, processing_class=tokenizer,
                           **teachers)
-    trainer.train()
+    _train(trainer)
     return _finish(trainer, path, tokenizer)
 
 
@@ -173,7 +220,8 @@ def capture_teachers(path, reference_path, aligned_path, tokenizer, dataset, set
     """A teacher cache of A and B over `dataset`, captured once for all the TrRa students of a stage."""
     from .trainers import TrRaConfig, build_teacher_cache
 
-    args = _trainer_args(TrRaConfig, path + ".run", 1, 1e-5, settings.batch_size, seed, teacher_cache=path)
+    args = _trainer_args(TrRaConfig, path + ".run", 1, 1e-5, settings.batch_size, seed, teacher_cache=path,
+                         disable_tqdm=not _library_bars())
     build_teacher_cache(_load(reference_path), aligned_path, args, dataset, processing_class=tokenizer)
     shutil.rmtree(path + ".run", ignore_errors=True)
     return path
@@ -188,7 +236,7 @@ def train_adapter(path, reference_path, tokenizer, train_problems, settings: Qui
     trainer = LayerAdapterSFTTrainer(model=_load(reference_path), args=args,
                                      train_dataset=arithmetic_dataset(train_problems, "aligned", seed),
                                      processing_class=tokenizer)
-    trainer.train()
+    _train(trainer)
     return _finish(trainer, path, tokenizer)
 
 
@@ -206,7 +254,7 @@ def train_onpolicy_student(path, reference_path, aligned_path, realign_lambda, t
     )
     trainer = OnPolicyTrRaTrainer(model=_load(reference_path), aligned_model=_load(aligned_path), args=args,
                                   train_dataset=prompts, processing_class=tokenizer)
-    trainer.train()
+    _train(trainer)
     return _finish(trainer, path, tokenizer)
 
 
@@ -218,16 +266,59 @@ def _eval_config(output_dir: str, lambdas, settings: QuickstartSettings, seed: i
         prompt_template="{prompt}", use_chat_template=False, num_samples=settings.num_samples,
         temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
         batch_size=max(settings.num_test_problems, 1), seed=seed, dtype="float32", device="cpu",
+        disable_tqdm=not _library_bars(),
     )
 
 
+# Columns a table shows when every row has them (the TrRa table's divergences, from `add_divergences`)
+_DIVERGENCE_COLUMNS = (("kl_to_a", "KL to A"), ("kl_to_b", "KL to B"))
+
+
 def format_table(rows: list[dict], first_column: str = "model") -> str:
+    extra = [(key, label) for key, label in _DIVERGENCE_COLUMNS if all(key in row for row in rows)]
     header = f"{first_column:<20}{'accuracy %':>12}{'mean tokens':>14}{'token reduction %':>20}"
+    header += "".join(f"{label:>10}" for _, label in extra)
     lines = [header, "-" * len(header)]
     for row in rows:
         reduction = "–" if row["token_reduction"] is None else f"{row['token_reduction']:.2f}"
-        lines.append(f"{row['name']:<20}{100 * row['accuracy']:>12.2f}{row['mean_tokens']:>14.1f}{reduction:>20}")
+        line = f"{row['name']:<20}{100 * row['accuracy']:>12.2f}{row['mean_tokens']:>14.1f}{reduction:>20}"
+        lines.append(line + "".join(f"{row[key]:>10.3f}" for key, _ in extra))
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def add_divergences(rows: list[dict], path_a: str, path_b: str, tokenizer, dataset) -> list[dict]:
+    """
+    Add to each row (with its model's `path`) `kl_to_a` and `kl_to_b`: the mean per-token KL(model ‖ A) and
+    KL(model ‖ B), in nats, of the next-token distributions along `dataset`'s completions (teacher-forced, EOS
+    included). Students whose samples look alike (λ=1 and λ=2 land on the same completion length) differ here: λ
+    moves the distributions, λ > 1 beyond B, away from A.
+    """
+    prompts = [tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] for row in dataset]
+    completions = [tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                   for row in dataset]  # fmt: skip
+    length = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    input_ids = torch.full((len(prompts), length), tokenizer.pad_token_id)
+    attention_mask = torch.zeros_like(input_ids)
+    # Position t predicts token t + 1: a completion token's distribution sits one position before it
+    scored = torch.zeros(len(prompts), length - 1)
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        input_ids[i, : len(prompt) + len(completion)] = torch.tensor(prompt + completion)
+        attention_mask[i, : len(prompt) + len(completion)] = 1
+        scored[i, len(prompt) - 1 : len(prompt) + len(completion) - 1] = 1
+
+    def log_probs(path):
+        logits = _load(path)(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    reference = {"kl_to_a": log_probs(path_a), "kl_to_b": log_probs(path_b)}
+    known = {path_a: reference["kl_to_a"], path_b: reference["kl_to_b"]}
+    for row in rows:
+        own = known[row["path"]] if row["path"] in known else log_probs(row["path"])
+        for key, other in reference.items():
+            kl = (own.exp() * (own - other)).sum(-1)
+            row[key] = float((kl * scored).sum() / scored.sum())
+    return rows
 
 
 def _with_reduction(rows: list[dict], base_tokens: float) -> list[dict]:
@@ -302,12 +393,18 @@ def run_direct_answer_stage(output_dir: str, cached, tokenizer, settings: Quicks
 
 
 def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0, 5.0), seed: int = 0,
-                   settings: QuickstartSettings | None = None) -> dict:
+                   settings: QuickstartSettings | None = None, verbose: bool = False) -> dict:
     """
     Run every stage (reusing cached models) and return both tables; also writes `output_dir/table.json`,
     `output_dir/inra_table.json` and the evaluation folders `output_dir/eval_trra` and `output_dir/eval_inra`
-    (samples, summaries, plots).
+    (samples, summaries, plots). Only the quickstart's own stage bar and tables are printed, unless `verbose`, which
+    lets the libraries' progress bars, logs and warnings through ([`library_output`]).
     """
+    with library_output(verbose):
+        return _run_quickstart(output_dir, lambdas, seed, settings)
+
+
+def _run_quickstart(output_dir: str, lambdas, seed: int, settings: QuickstartSettings | None) -> dict:
     from .data.arithmetic import score_answer
     from .evaluation import evaluate
     from .modeling.inra import InRaForCausalLM
@@ -382,6 +479,7 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
     )
     rows = [{"name": name, "path": path, **row} for (name, path, _), row in zip(named, summary)]
     rows = _with_reduction(rows, rows[0]["mean_tokens"])
+    add_divergences(rows, path_a, path_b, tokenizer, arithmetic_dataset(test_problems, "mixed", seed))
     progress.update()
 
     stage("training the layer adapter on A")
@@ -405,7 +503,8 @@ def run_quickstart(output_dir: str = "quickstart_output", lambdas=(0.5, 1.0, 2.0
     progress.close()
 
     samples = f"{len(test_problems)} held-out problems, {settings.num_samples} samples each, T={settings.temperature}"
-    print(f"\nTrRa on column addition ({samples}, top-p={settings.top_p}); token reduction against A:\n"
+    print(f"\nTrRa on column addition ({samples}, top-p={settings.top_p}); token reduction against A; KL to A / to B: "
+          f"mean per-token KL(model ‖ A) / KL(model ‖ B) in nats along held-out completions of every style:\n"
           f"{format_table(rows)}")
     print(f"\nInRa: A + a layer adapter trained on B's data, one model, λ chosen at generation time ({samples}); "
           f"token reduction against λ=0:\n{format_table(inra_rows, 'λ')}")

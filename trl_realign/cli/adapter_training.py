@@ -29,11 +29,10 @@ class AdapterTrainingCommand:
         return TrlParser(dataclass_types, prog=prog, description=self.description, epilog=LAUNCHER_EPILOG)
 
     def check(self, script_args, training_args, model_args, preparation_args) -> None:
-        from .parsing import check_dataset_arg, check_model_arg
+        from .parsing import check_models_and_data
         from .training import check_no_model_lora
 
-        check_model_arg(model_args.model_name_or_path, self.name, "the base or expanded model")
-        check_dataset_arg(script_args.dataset_name, self.name)
+        check_models_and_data(self.name, script_args, model_args)
         check_no_model_lora(model_args, self.name)
 
     def main(self, script_args, training_args, model_args, preparation_args) -> None:
@@ -45,7 +44,7 @@ class AdapterTrainingCommand:
         check_expanded_under_zero3(model_args.model_name_or_path, self.name)
         set_model_init_kwargs(training_args, model_args)
         train_dataset, eval_dataset = load_training_data(
-            script_args, preparation_args, training_args, model_args.model_name_or_path
+            self.name, script_args, preparation_args, training_args, model_args.model_name_or_path
         )
         trainer = self._trainers_attr(self.trainer)(
             model=model_args.model_name_or_path, args=training_args, train_dataset=train_dataset,

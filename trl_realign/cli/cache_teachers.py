@@ -16,11 +16,10 @@ def make_parser(prog: str | None = None):
 
 
 def check(script_args, training_args, model_args, trra_args, preparation_args) -> None:
-    from .trra import check as check_trra
+    from .parsing import check_models_and_data, check_required
 
-    if not training_args.teacher_cache:
-        raise ValueError("`trl-realign cache-teachers` needs the folder to write: pass `--teacher_cache DIR`.")
-    check_trra(script_args, training_args, model_args, trra_args, preparation_args)
+    check_required("cache-teachers", {"teacher_cache": (training_args.teacher_cache, "the folder to write")})
+    check_models_and_data("cache-teachers", script_args, model_args, training_args)
 
 
 def main(script_args, training_args, model_args, trra_args, preparation_args=None):
@@ -32,13 +31,19 @@ def main(script_args, training_args, model_args, trra_args, preparation_args=Non
     train_dataset, eval_dataset = load_training_data(
         script_args, preparation_args or DatasetPreparationArguments(), training_args, model_args.model_name_or_path
     )
-    build_teacher_cache(
+    directory = build_teacher_cache(
         model_args.model_name_or_path,
         training_args.aligned_model_name_or_path,
         training_args,
         train_dataset,
         eval_dataset,
     )
+    from accelerate import PartialState
+
+    from ..trainers.teacher_cache_capture import describe_teacher_cache
+
+    if PartialState().is_main_process:
+        print(describe_teacher_cache(directory))
 
 
 def run(argv: list[str]) -> None:

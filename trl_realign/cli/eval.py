@@ -14,28 +14,30 @@ def make_parser(prog: str | None = "trl-realign eval"):
 def check(args) -> None:
     """Input files and model folders must exist before any model loads."""
     from ..data.loading import check_dataset_source
-    from .parsing import check_model_arg
+    from .errors import UsageError, refused_inputs
+    from .parsing import check_model_arg, check_required
 
-    if args.dataset_name is None:
-        raise ValueError("`trl-realign eval` needs `--dataset_name` (a hub id, a local folder or a data file).")
-    check_dataset_source(args.dataset_name)
-    paths = [p for p in (args.model_name_or_path, args.ref_model_name_or_path) if p is not None]
-    paths += list(args.checkpoints or [])
-    if not paths:
-        raise ValueError(
-            "`trl-realign eval` needs a model: `--model_name_or_path` (InRa), with `--ref_model_name_or_path` (DeRa), "
-            "or `--checkpoints` (plain models, one λ label each)."
+    check_required("eval", {"dataset_name": (args.dataset_name, "the evaluation data: a hub id, a folder or a file")})
+    with refused_inputs("eval"):
+        check_dataset_source(args.dataset_name)
+    options = [(option, getattr(args, option)) for option in ("model_name_or_path", "ref_model_name_or_path")]
+    options = [(option, path) for option, path in options if path is not None]
+    options += [("checkpoints", path) for path in args.checkpoints or []]
+    if not options:
+        raise UsageError(
+            "`trl-realign eval` needs a model",
+            "pass `--model_name_or_path` (InRa), with `--ref_model_name_or_path` (DeRa), or `--checkpoints` (plain "
+            "models, one λ label each)",
         )
-    for path in paths:
-        check_model_arg(path, "eval")
+    for option, path in options:
+        check_model_arg(path, "eval", option=option)
 
 
 def run(argv: list[str]) -> None:
     from ..evaluation import evaluate
-    from .parsing import parse_command_line
+    from .parsing import parse_and_check
 
-    (args,) = parse_command_line(make_parser(), "eval", argv, allow_launcher=False).args
-    check(args)
+    (args,) = parse_and_check(make_parser(), "eval", argv, check).args
     for row in evaluate(args):
         print(f"{row['model']:<40} λ={row['realign_lambda']:<6} accuracy={row['accuracy']:.4f} "
               f"truncated={row['truncation_rate']:.4f} mean_tokens={row['mean_tokens']:.1f}")  # fmt: skip

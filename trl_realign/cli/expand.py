@@ -32,23 +32,23 @@ def make_parser(prog: str | None = "trl-realign expand"):
 
 
 def check(args: ExpandArguments) -> None:
-    from .parsing import check_model_arg
+    from .errors import UsageError
+    from .parsing import check_model_arg, check_required
 
+    check_required("expand", {"model_name_or_path": (args.model_name_or_path, "the base model"),
+                              "output_dir": (args.output_dir, "the folder of the expanded checkpoint")})  # fmt: skip
     check_model_arg(args.model_name_or_path, "expand", "the base model")
-    if args.output_dir is None:
-        raise ValueError("`trl-realign expand` needs `--output_dir`, the folder of the expanded checkpoint.")
     if args.num_adapters < 1:
-        raise ValueError(f"`num_adapters` must be at least 1, got {args.num_adapters}.")
+        raise UsageError(f"`num_adapters` must be at least 1, got {args.num_adapters}", "pass 1 or more")
 
 
 def run(argv: list[str]) -> None:
     from transformers import set_seed
 
     from ..modeling.adapter import expand_model
-    from .parsing import parse_command_line
+    from .parsing import parse_and_check
 
-    (args,) = parse_command_line(make_parser(), "expand", argv, allow_launcher=False).args
-    check(args)
+    (args,) = parse_and_check(make_parser(), "expand", argv, check).args
     set_seed(args.seed)
     expand_model(
         args.model_name_or_path, args.output_dir, num_adapters=args.num_adapters, init=args.init, dtype=args.dtype,

@@ -56,20 +56,27 @@ def make_parser(prog: str | None = "trl-realign generate"):
 
 
 def check(args: GenerateArguments) -> None:
+    from .errors import MissingPathError, UsageError
     from .parsing import check_model_arg
 
     check_model_arg(args.model_name_or_path, "generate", "the InRa model")
     if args.adapter_path is not None and not os.path.isdir(args.adapter_path):
-        raise FileNotFoundError(f"Adapter folder {args.adapter_path!r} does not exist.")
+        raise MissingPathError(
+            f"adapter folder {args.adapter_path!r} does not exist", "pass the folder a layer-adapter trainer wrote"
+        )
     if (args.prompt is None) == (args.prompts_file is None):
-        raise ValueError("Pass the prompts with exactly one of `--prompt ...` and `--prompts_file file`.")
+        raise UsageError(
+            "`trl-realign generate` needs its prompts from exactly one of `--prompt` and `--prompts_file`",
+            "pass `--prompt TEXT ...` or `--prompts_file FILE`",
+        )
     if args.prompts_file is not None and not os.path.isfile(args.prompts_file):
-        raise FileNotFoundError(f"Prompts file {args.prompts_file!r} not found.")
+        raise MissingPathError(f"prompts file {args.prompts_file!r} not found", "pass an existing .txt or .jsonl file")
     if args.batch_size < 1 or args.max_new_tokens < 1:
-        raise ValueError("`batch_size` and `max_new_tokens` must be positive.")
+        raise UsageError("`batch_size` and `max_new_tokens` must be positive", "pass values of 1 or more")
     if args.do_sample and args.temperature <= 0:
-        raise ValueError(
-            f"`--do_sample` needs `--temperature` > 0, got {args.temperature}; drop `--do_sample` for greedy decoding."
+        raise UsageError(
+            f"`--do_sample` needs `--temperature` > 0, got {args.temperature}",
+            "raise `--temperature`, or drop `--do_sample` for greedy decoding",
         )
 
 
@@ -129,10 +136,9 @@ def run(argv: list[str]) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from .parsing import parse_command_line
+    from .parsing import parse_and_check
 
-    (args,) = parse_command_line(make_parser(), "generate", argv, allow_launcher=False).args
-    check(args)
+    (args,) = parse_and_check(make_parser(), "generate", argv, check).args
     model = load_inra(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()

@@ -12,6 +12,7 @@ import sys
 from importlib import resources
 
 from .._compat import parser_actions, require_deepspeed
+from .errors import MissingExtraError, MissingPathError, UsageError
 
 
 ACCELERATE_CONFIGS = ("zero2", "zero3", "zero3_offload")
@@ -29,11 +30,15 @@ LAUNCHER_EPILOG = (
 def accelerate_config_path(name: str) -> str:
     """Path of the accelerate config that ships with the package under `name` ("zero2", "zero3", "zero3_offload")."""
     if name not in ACCELERATE_CONFIGS:
-        raise ValueError(
-            f"Unknown `--accelerate_config {name}`; the package ships {list(ACCELERATE_CONFIGS)}. "
-            "Pass your own accelerate config file with `--config_file path.yaml` instead."
+        raise UsageError(
+            f"unknown `--accelerate_config {name}`; the package ships {list(ACCELERATE_CONFIGS)}",
+            "pass one of them, or your own accelerate config file with `--config_file path.yaml` instead",
         )
-    require_deepspeed(f"`--accelerate_config {name}`")
+    try:
+        require_deepspeed(f"`--accelerate_config {name}`")
+    except ImportError as error:
+        what = f"`--accelerate_config {name}` needs DeepSpeed, which is not installed"
+        raise MissingExtraError(what, "`pip install 'trl-realign[deepspeed]'`") from error
     path = resources.files("trl_realign").joinpath("accelerate_configs", f"{name}.yaml")
     return str(path)
 
@@ -66,20 +71,21 @@ def split_launcher_args(remaining: list[str], command: str) -> list[str]:
         if option == "--accelerate_config":
             value = inline_value if has_inline_value else (remaining[i + 1] if i + 1 < len(remaining) else None)
             if value is None:
-                raise ValueError("`--accelerate_config` needs a value: one of " + ", ".join(ACCELERATE_CONFIGS) + ".")
+                raise UsageError("`--accelerate_config` needs a value", "one of " + ", ".join(ACCELERATE_CONFIGS))
             launch_args += ["--config_file", accelerate_config_path(value)]
             i += 1 if has_inline_value else 2
             continue
         action = actions.get(option)
         if action is None or not option.startswith("-"):
-            raise ValueError(
-                f"Unknown argument {token!r} for `trl-realign {command}`: it is neither an option of this command "
-                "(see `--help`) nor an `accelerate launch` option."
+            raise UsageError(
+                f"unknown argument {token!r} for `trl-realign {command}`: it is neither an option of this command nor "
+                "an `accelerate launch` option",
+                f"check its spelling; `trl-realign {command} --help` lists the options",
             )
         takes_value = action.nargs != 0
         if takes_value and not has_inline_value:
             if i + 1 >= len(remaining):
-                raise ValueError(f"`{option}` needs a value.")
+                raise UsageError(f"`{option}` needs a value", f"pass it as `{option} VALUE`")
             value = remaining[i + 1]
             launch_args += [option, value]
             i += 2
@@ -88,10 +94,15 @@ def split_launcher_args(remaining: list[str], command: str) -> list[str]:
             launch_args.append(token)
             i += 1
         if action.dest == "config_file" and not os.path.isfile(value):
-            raise FileNotFoundError(f"Accelerate config file {value!r} (`{option}`) not found.")
+            raise MissingPathError(
+                f"accelerate config file {value!r} (`{option}`) not found", "pass the path of an existing file"
+            )
     config_files = [a for a in launch_args if a.partition("=")[0] in ("--config_file", "--config-file")]
     if len(config_files) > 1:
-        raise ValueError("Pass either `--accelerate_config NAME` or `--config_file FILE`, not both.")
+        raise UsageError(
+            "both `--accelerate_config` and `--config_file` given",
+            "pass either `--accelerate_config NAME` or `--config_file FILE`, not both",
+        )
     return launch_args
 
 

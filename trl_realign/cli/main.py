@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from .errors import DEBUG_ENV, RefusedInputError, UsageError, UserError, debugging, raise_usage_errors, report
 
 
 def _quickstart(argv: list[str]) -> None:
@@ -21,11 +24,17 @@ def _quickstart(argv: list[str]) -> None:
         help="λ of the InRa sweep (one model, all λ in one batch).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Random seed of data, models and sampling.")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="Also show the libraries' output (progress bars of every model load and training run, logs, warnings).",
+    )
+    args = raise_usage_errors(parser, "quickstart").parse_args(argv)
     from ..quickstart import QuickstartSettings, run_quickstart
 
     settings = QuickstartSettings(inra_lambdas=tuple(args.inra_lambdas))
-    run_quickstart(output_dir=args.output_dir, lambdas=tuple(args.lambdas), seed=args.seed, settings=settings)
+    run_quickstart(
+        output_dir=args.output_dir, lambdas=tuple(args.lambdas), seed=args.seed, settings=settings, verbose=args.verbose
+    )
 
 
 # name -> (module under trl_realign.cli with a `run(argv)`, one-line help); modules are imported only when used,
@@ -45,24 +54,52 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = "\n".join(f"  {name:<12}{help_}" for name, (_, help_) in COMMANDS.items())
-        message = (
-            f"usage: trl-realign <command> [options]\n\ncommands:\n{lines}\n\n"
-            "Every command takes --help. Training commands (trra, sft, dpo, sweep) read --config recipe.yaml and run "
-            "under `accelerate launch` when given launcher options, e.g. --num_processes 8 --accelerate_config zero3."
-        )
-        if argv and argv[0] not in ("-h", "--help"):
-            sys.exit(f"trl-realign: unknown command {argv[0]!r}\n\n{message}")
-        print(message)
+def _usage() -> str:
+    lines = "\n".join(f"  {name:<12}{help_}" for name, (_, help_) in COMMANDS.items())
+    return (
+        f"usage: trl-realign <command> [options]\n\ncommands:\n{lines}\n\n"
+        "Every command takes --help, and --debug (or TRL_REALIGN_DEBUG=1) to show the traceback of an error. Training "
+        "commands (trra, sft, dpo, sweep) read --config recipe.yaml and run under `accelerate launch` when given "
+        "launcher options, e.g. --num_processes 8 --accelerate_config zero3."
+    )
+
+
+def run_command(argv: list[str]) -> None:
+    """Run `trl-realign <argv>` in this process; expected failures raise [`~trl_realign.cli.errors.UserError`]."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
         return
+    if argv[0] not in COMMANDS:
+        raise UsageError(f"unknown command {argv[0]!r}", f"the commands are {', '.join(COMMANDS)}")
     module_name, _ = COMMANDS[argv[0]]
     if module_name is None:
         _quickstart(argv[1:])
         return
     importlib.import_module(f".{module_name}", __package__).run(argv[1:])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    The console script: [`run_command`], with an expected failure reported as one line on stderr and exit status 2
+    (usage) or 1 (see [`~trl_realign.cli.errors`]).
+    """
+    debug, argv = debugging(sys.argv[1:] if argv is None else list(argv))
+    if debug:  # processes relaunched under `accelerate launch` inherit it
+        os.environ[DEBUG_ENV] = "1"
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    try:
+        run_command(argv)
+    except UserError as error:
+        sys.exit(report(error, command, debug))
+    except ValueError as error:
+        # A teacher cache refused while the trainer matches its data to it (after the models load) is still the
+        # user's input. Its module is looked up, not imported: unimported, it raised nothing (and --help stays fast)
+        cache_module = sys.modules.get("trl_realign.data.teacher_cache")
+        if cache_module is None or not isinstance(error, cache_module.TeacherCacheError):
+            raise
+        what, _, fix = str(error).rstrip(".").rpartition("; ")
+        sys.exit(report(RefusedInputError(what or fix, fix if what else "see the README's Teacher cache section"),
+                        command, debug))
 
 
 if __name__ == "__main__":

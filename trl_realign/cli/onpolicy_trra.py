@@ -17,13 +17,9 @@ def make_parser(subparsers=None, prog: str | None = None):
 
 
 def check(script_args, training_args, model_args, preparation_args) -> None:
-    from .parsing import check_dataset_arg, check_model_arg
+    from .parsing import check_models_and_data
 
-    check_model_arg(model_args.model_name_or_path, "onpolicy", "the reference model A")
-    if training_args.aligned_model_name_or_path is None:
-        raise ValueError("`trl-realign onpolicy` needs the aligned model B: pass `--aligned_model_name_or_path`.")
-    check_model_arg(training_args.aligned_model_name_or_path, "onpolicy", "the aligned model B")
-    check_dataset_arg(script_args.dataset_name, "onpolicy")
+    check_models_and_data("onpolicy", script_args, model_args, training_args)
 
 
 def main(script_args, training_args, model_args, preparation_args=None):
@@ -35,8 +31,9 @@ def main(script_args, training_args, model_args, preparation_args=None):
     from .training import load_training_data, set_model_init_kwargs, train_and_save
 
     set_model_init_kwargs(training_args, model_args)
+    preparation_args = preparation_args or DatasetPreparationArguments()
     train_dataset, eval_dataset = load_training_data(
-        script_args, preparation_args or DatasetPreparationArguments(), training_args, model_args.model_name_or_path
+        "onpolicy", script_args, preparation_args, training_args, model_args.model_name_or_path
     )
     # TRL's DistillationTrainer pads prompts on the left for generation
     tokenizer = AutoTokenizer.from_pretrained(

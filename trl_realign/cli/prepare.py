@@ -35,35 +35,36 @@ def make_parser(prog: str | None = "trl-realign prepare"):
 
 
 def check(args: PrepareScriptArguments, preparation_args) -> None:
-    from .parsing import check_dataset_arg
+    from .parsing import check_dataset_arg, check_required
 
+    required = {
+        "dataset_name": (args.dataset_name, "the raw data"),
+        "output_path": (args.output_path, "where to write: a .jsonl/.json/.parquet file or a folder"),
+        "dataset_preparation": (
+            preparation_args.dataset_preparation, "the preparation: openr1_math, openr1_short_cot or ultrafeedback"
+        ),
+    }
+    if preparation_args.dataset_preparation not in (None, "ultrafeedback"):
+        required["tokenizer_name_or_path"] = (args.tokenizer_name_or_path, "the model's tokenizer")
+    check_required("prepare", required)
     check_dataset_arg(args.dataset_name, "prepare")
-    if args.output_path is None:
-        raise ValueError("`trl-realign prepare` needs `--output_path` (a .jsonl/.json/.parquet file or a folder).")
-    if preparation_args.dataset_preparation is None:
-        raise ValueError(
-            "Choose the preparation with `--dataset_preparation` (openr1_math, openr1_short_cot, ultrafeedback)."
-        )
-    if preparation_args.dataset_preparation != "ultrafeedback" and args.tokenizer_name_or_path is None:
-        raise ValueError(
-            f"`{preparation_args.dataset_preparation}` needs `--tokenizer_name_or_path` (the model's tokenizer)."
-        )
 
 
 def run(argv: list[str]) -> None:
     from ..data.loading import load_dataset_source
     from ..data.prepare import prepare_dataset
-    from .parsing import parse_command_line
+    from .errors import refused_inputs
+    from .parsing import parse_and_check
 
-    args, preparation_args = parse_command_line(make_parser(), "prepare", argv, allow_launcher=False).args
-    check(args, preparation_args)
+    args, preparation_args = parse_and_check(make_parser(), "prepare", argv, check).args
     tokenizer = None
     if args.tokenizer_name_or_path is not None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path)
-    dataset = load_dataset_source(args.dataset_name, config=args.dataset_config)[args.dataset_split]
-    prepared = prepare_dataset(dataset, preparation_args, tokenizer, seed=args.seed)
+    with refused_inputs("prepare", "check `--dataset_name`, `--dataset_split` and the `--dataset_preparation` options"):
+        dataset = load_dataset_source(args.dataset_name, config=args.dataset_config)[args.dataset_split]
+        prepared = prepare_dataset(dataset, preparation_args, tokenizer, seed=args.seed)
     suffix = os.path.splitext(args.output_path)[1].lower()
     if suffix in (".jsonl", ".json"):
         prepared.to_json(args.output_path, force_ascii=False)  # JSON lines, which the json loader also reads

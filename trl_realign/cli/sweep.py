@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ..sweep import SweepConfig
 
 from .._compat import parser_actions
+from .errors import UsageError
 
 
 def make_parser(prog: str | None = "trl-realign sweep"):
@@ -30,9 +31,9 @@ def check(config) -> None:
     options = {action.dest for action in parser_actions(command_parser)}
     unknown = sorted((set(config.parameters) | set(config.overrides)) - options)
     if unknown:
-        raise ValueError(
-            f"The sweep sets {unknown}, which are not options of `trl-realign {config.command}` "
-            f"(see `trl-realign {config.command} --help`)."
+        raise UsageError(
+            f"the sweep sets {unknown}, which are not options of `trl-realign {config.command}`",
+            f"fix their spelling; `trl-realign {config.command} --help` lists the options",
         )
 
 
@@ -64,7 +65,7 @@ def run_sweep(config: SweepConfig, launch_args: list[str] | None = None) -> list
     """
     from ..sweep import capture_arguments, point_arguments, run_name_of, sweep_points, sweep_teacher_cache
     from .launch import relaunch
-    from .main import main as cli_main
+    from .main import run_command
 
     records = []
     cache, why = sweep_teacher_cache(config)
@@ -76,7 +77,7 @@ def run_sweep(config: SweepConfig, launch_args: list[str] | None = None) -> list
         elif launch_args:
             relaunch("cache-teachers", capture, list(launch_args))
         else:
-            cli_main(["cache-teachers", *capture])
+            run_command(["cache-teachers", *capture])
     with _environment(WANDB_RUN_GROUP=config.group, WANDB_PROJECT=config.project):
         for index, point in enumerate(sweep_points(config)):
             run_name = run_name_of(config, index, point)
@@ -96,7 +97,7 @@ def run_sweep(config: SweepConfig, launch_args: list[str] | None = None) -> list
                 )
                 record["run_id"] = run.id
                 try:
-                    cli_main([config.command, *args])
+                    run_command([config.command, *args])
                 finally:
                     wandb.finish()
             records.append(record)
@@ -107,11 +108,10 @@ def run(argv: list[str]) -> None:
     import yaml
 
     from ..sweep import to_wandb_sweep
-    from .parsing import parse_command_line
+    from .parsing import parse_and_check
 
-    parsed = parse_command_line(make_parser(), "sweep", argv)
+    parsed = parse_and_check(make_parser(), "sweep", argv, check, allow_launcher=True)
     (config,) = parsed.args
-    check(config)
     if config.export_wandb_sweep is not None:
         from ..sweep import capture_arguments, sweep_teacher_cache
 

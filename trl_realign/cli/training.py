@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from .launch import relaunch
-from .parsing import parse_command_line
+from .parsing import parse_and_check
 
 
 def run_training_command(
@@ -25,8 +26,9 @@ def run_training_command(
 
     from ..sweep import apply_wandb_sweep_config
 
-    parsed = parse_command_line(parser, command, argv)
-    check(*parsed.args)
+    parsed = parse_and_check(parser, command, argv, check, allow_launcher=True)
+    if parsed.note is not None:
+        print(parsed.note, file=sys.stderr, flush=True)
     if parsed.launch_args:
         relaunch(command, parsed.script_args, parsed.launch_args)
         return
@@ -36,7 +38,9 @@ def run_training_command(
         torch.distributed.destroy_process_group()
 
 
-def load_training_data(script_args, preparation_args, training_args, tokenizer_name_or_path: str | None):
+def load_training_data(
+    command: str, script_args, preparation_args, training_args, tokenizer_name_or_path: str | None
+):
     """
     Load `script_args.dataset_name` (hub id, folder or file) and apply the dataset preparation to its train and test
     splits. The main process prepares first so that the other processes reuse its `datasets` cache.
@@ -48,19 +52,23 @@ def load_training_data(script_args, preparation_args, training_args, tokenizer_n
 
     from ..data.loading import load_dataset_source
     from ..data.prepare import prepare_dataset
+    from .errors import RefusedInputError, refused_inputs
 
-    dataset = load_dataset_source(script_args.dataset_name, config=script_args.dataset_config)
+    data_fix = "check `--dataset_name` and the `--dataset_preparation` options"
+    with refused_inputs(command, data_fix):
+        dataset = load_dataset_source(script_args.dataset_name, config=script_args.dataset_config)
     if script_args.dataset_train_split not in dataset:
-        raise ValueError(
-            f"Split {script_args.dataset_train_split!r} not found in {script_args.dataset_name!r} (it has "
-            f"{list(dataset)}); set `--dataset_train_split`."
+        raise RefusedInputError(
+            f"split {script_args.dataset_train_split!r} not found in {script_args.dataset_name!r} (it has "
+            f"{list(dataset)})",
+            "set `--dataset_train_split`",
         )
     tokenizer = None
     if preparation_args.dataset_preparation not in (None, "ultrafeedback"):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path)
-    with PartialState().main_process_first():
+    with PartialState().main_process_first(), refused_inputs(command, data_fix):
         seed = training_args.seed
         train_dataset = prepare_dataset(dataset[script_args.dataset_train_split], preparation_args, tokenizer, seed)
         eval_dataset = None
@@ -80,10 +88,13 @@ def set_model_init_kwargs(training_args, model_args) -> None:
 
 
 def check_no_model_lora(model_args, command: str) -> None:
+    from .errors import RefusedInputError
+
     if model_args.use_peft:
-        raise ValueError(
-            f"`trl-realign {command}` trains the layer adapter; for LoRA on the adapter set `adapter_lora: true` (and "
-            "`adapter_lora_r`, ...) instead of `use_peft`, which would put LoRA on the frozen original layers."
+        raise RefusedInputError(
+            f"`trl-realign {command}` trains the layer adapter, and `use_peft` would put LoRA on the frozen original "
+            "layers",
+            "for LoRA on the adapter set `adapter_lora: true` (and `adapter_lora_r`, ...) instead of `use_peft`",
         )
 
 
@@ -96,14 +107,16 @@ def check_expanded_under_zero3(model_name_or_path: str, command: str) -> None:
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     from ..modeling.adapter import get_layer_adapter_config
+    from .errors import RefusedInputError
 
     if not is_deepspeed_zero3_enabled():
         return
     if get_layer_adapter_config(AutoConfig.from_pretrained(model_name_or_path)) is None:
-        raise ValueError(
-            f"Under DeepSpeed ZeRO-3, `trl-realign {command}` needs an expanded checkpoint (weights are sharded at "
-            f"load, so the adapter layer cannot be copied then). Run `trl-realign expand --model_name_or_path "
-            f"{model_name_or_path} --output_dir <folder>` and train from `<folder>`."
+        raise RefusedInputError(
+            f"under DeepSpeed ZeRO-3, `trl-realign {command}` needs an expanded checkpoint (weights are sharded at "
+            "load, so the adapter layer cannot be copied then)",
+            f"run `trl-realign expand --model_name_or_path {model_name_or_path} --output_dir <folder>` and train from "
+            "`<folder>`",
         )
 
 

@@ -28,20 +28,21 @@ def make_parser(subparsers=None, prog: str | None = None):
 
 
 def check(script_args, training_args, model_args, trra_args, preparation_args) -> None:
-    from .parsing import check_dataset_arg, check_model_arg
+    from .errors import RefusedInputError, UsageError
+    from .parsing import check_models_and_data
 
-    check_model_arg(model_args.model_name_or_path, "trra", "the reference model A")
-    if training_args.aligned_model_name_or_path is None:
-        raise ValueError("`trl-realign trra` needs the aligned model B: pass `--aligned_model_name_or_path`.")
-    check_model_arg(training_args.aligned_model_name_or_path, "trra", "the aligned model B")
-    check_dataset_arg(script_args.dataset_name, "trra")
+    check_models_and_data("trra", script_args, model_args, training_args)
+    if training_args.teacher_cache and trra_args.trra_iterations == 1:
+        from ..data.teacher_cache import TeacherCache
+
+        TeacherCache(training_args.teacher_cache)  # missing, incomplete or of another format: refused before loading
     if trra_args.trra_iterations < 1:
-        raise ValueError(f"`trra_iterations` must be at least 1, got {trra_args.trra_iterations}.")
+        raise UsageError(f"`trra_iterations` must be at least 1, got {trra_args.trra_iterations}", "pass 1 or more")
     if trra_args.trra_iterations > 1 and (model_args.use_peft or training_args.resume_from_checkpoint):
-        raise ValueError(
-            "`--trra_iterations > 1` trains full models from A in every iteration and cannot resume one: drop "
-            "`--use_peft` / `--resume_from_checkpoint`, or run the iterations one by one with `--trra_iterations 1`, "
-            "passing the previous result as `--aligned_model_name_or_path`."
+        raise RefusedInputError(
+            "`--trra_iterations > 1` trains full models from A in every iteration and cannot resume one",
+            "drop `--use_peft` / `--resume_from_checkpoint`, or run the iterations one by one with "
+            "`--trra_iterations 1`, passing the previous result as `--aligned_model_name_or_path`",
         )
 
 
@@ -53,8 +54,9 @@ def main(script_args, training_args, model_args, trra_args, preparation_args=Non
     from .training import load_training_data, set_model_init_kwargs, train_and_save
 
     set_model_init_kwargs(training_args, model_args)
+    preparation_args = preparation_args or DatasetPreparationArguments()
     train_dataset, eval_dataset = load_training_data(
-        script_args, preparation_args or DatasetPreparationArguments(), training_args, model_args.model_name_or_path
+        "trra", script_args, preparation_args, training_args, model_args.model_name_or_path
     )
     if trra_args.trra_iterations > 1:
         train_trra_iterations(

@@ -36,17 +36,19 @@ def lambda_sweep_figure(summary: Sequence[dict], title: str | None = None):
         rows = sorted((row for row in summary if row["method"] == method), key=lambda row: row["realign_lambda"])
         lambdas = [row["realign_lambda"] for row in rows]
         for axes, (key, _, scale) in zip(panels, _PANELS):
-            axes.plot(lambdas, [scale * row[key] for row in rows], marker="o", label=method)
+            # unclipped, so that markers at 0 % and 100 % show whole on the fixed percent scale
+            axes.plot(lambdas, [scale * row[key] for row in rows], marker="o", label=method, clip_on=scale != 100)
     for axes, (_, ylabel, _) in zip(panels, _PANELS):
         for boundary in (0.0, 1.0):
             axes.axvline(boundary, color="grey", linestyle=":", linewidth=1)
         axes.set_xlabel("λ (0: reference, 1: aligned)")
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3)
-    # Rates from zero, so that the height of a point reads as its value (and an all-zero sweep still shows a scale)
-    for axes, (key, _, scale) in zip(panels, _PANELS):
+    # Rates on one fixed 0-100 % scale, so that a point's height reads as its value in every panel and every run (a
+    # scale fitted to the data showed a sweep that never truncates on 0 to 1, as if the rate were a fraction)
+    for axes, (_, _, scale) in zip(panels, _PANELS):
         if scale == 100:
-            axes.set_ylim(0, max(1.0, 1.1 * scale * max(row[key] for row in summary)))
+            axes.set_ylim(0, 100)
     if len(methods) > 1:
         panels[0].legend()
     if title:

@@ -219,7 +219,8 @@ def _capture(trainer, model, aligned_model, ref_model, args, train_dataset, eval
     total = sum(writer.shard_tokens(s) for s in todo)
     batch_size = args.per_device_eval_batch_size
     start = time.perf_counter()
-    with tqdm(total=total, unit="tok", desc="Capturing teachers", disable=not accelerator.is_local_main_process) as bar:
+    quiet = not accelerator.is_local_main_process or args.disable_tqdm
+    with tqdm(total=total, unit="tok", desc="Capturing teachers", disable=quiet) as bar:
         for shard in todo:
             parts = {role: [] for role in roles}
             rows = list(range(shard_starts[shard], shard_starts[shard + 1]))
@@ -233,18 +234,23 @@ def _capture(trainer, model, aligned_model, ref_model, args, train_dataset, eval
                 writer.write_shard(role, shard, torch.cat(parts[role]))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        manifest = writer.finish()
-        tokens = manifest["tokens"]
-        hidden_bytes = sum(
-            tokens * identities[r]["hidden_size"] * torch.empty(0, dtype=_dtype(identities[r]["dtype"])).element_size()
-            for r in roles
-        )
-        accelerator.print(
-            f"Teacher cache written to {directory}: {len(keys):,} rows, {tokens:,} scored tokens, "
-            f"{manifest['disk_bytes'] / 2**20:,.1f} MiB on disk ({manifest['disk_bytes'] / max(tokens, 1):,.0f} bytes "
-            f"per token, of which hidden states {hidden_bytes / max(tokens, 1):,.0f}; the rest is the heads and index)."
-        )
+        writer.finish()
+        logger.info(describe_teacher_cache(directory))
     accelerator.wait_for_everyone()
+
+
+def describe_teacher_cache(directory: str) -> str:
+    """One line: where the cache is, its rows and tokens, its size on disk and bytes per token."""
+    manifest = read_manifest(directory)
+    tokens, disk = manifest["tokens"], manifest["disk_bytes"]
+    hidden = sum(
+        t["hidden_size"] * torch.empty(0, dtype=_dtype(t["dtype"])).element_size() for t in manifest["teachers"].values()
+    )
+    return (
+        f"Teacher cache in {directory}: {manifest['rows']:,} rows, {tokens:,} scored tokens, {disk / 2**20:,.1f} MiB "
+        f"on disk, {disk / max(tokens, 1):,.0f} bytes per token (hidden states {hidden:,}; the rest is the heads and "
+        "the index)."
+    )
 
 
 def _dtype(name: str) -> torch.dtype:
