@@ -340,7 +340,7 @@ def test_two_processes_capture_and_train_like_one_also_under_zero3(tmp_path):
 def test_cache_teachers_command_needs_the_folder(tmp_path):
     from trl_realign.cli.main import run_command
 
-    with pytest.raises(ValueError, match="--teacher_cache DIR"):
+    with pytest.raises(ValueError, match="needs the folder to write"):
         run_command(["cache-teachers", "--model_name_or_path", str(tmp_path), "--aligned_model_name_or_path", str(tmp_path),
               "--dataset_name", str(tmp_path), "--use_cpu", "true", "--bf16", "false"])
 
@@ -365,3 +365,26 @@ def test_evaluation_rows_are_captured_and_evaluated_from_the_cache(tmp_path, ab,
     assert trainer_for(cache, None).evaluate(eval_data)["eval_loss"] == pytest.approx(live, abs=1e-6)
     with pytest.raises(TeacherCacheError, match="not in the teacher cache"):
         trainer_for(cache, None).evaluate(dataset(4, offset=2))
+
+
+def test_cli_captures_then_trains_and_a_mismatch_is_one_line(tmp_path, ab, tokenizer, capsys):
+    from trl_realign.cli.main import main, run_command
+
+    for name, model in zip("AB", ab):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    dataset().to_json(tmp_path / "data.jsonl")
+    common = ["--model_name_or_path", str(tmp_path / "A"), "--aligned_model_name_or_path", str(tmp_path / "B"),
+              "--dataset_name", str(tmp_path / "data.jsonl"), "--teacher_cache", str(tmp_path / "cache"),
+              "--use_cpu", "true", "--bf16", "false", "--dtype", "float32", "--report_to", "none", "--max_steps", "1",
+              "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip
+    run_command(["cache-teachers", *common, "--output_dir", str(tmp_path / "capture")])
+    assert "Teacher cache in" in capsys.readouterr().out
+    run_command(["trra", *common, "--output_dir", str(tmp_path / "out"), "--realign_lambda", "3"])
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    with pytest.raises(SystemExit) as exit_:
+        main(["trra", *common, "--output_dir", str(tmp_path / "out2"), "--max_length", "8"])
+    assert exit_.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("trl-realign trra: error: The teacher cache") and "max_length=8" in lines[-1]
+    assert not any("Traceback" in line for line in lines)

@@ -18,8 +18,8 @@ def make_parser(prog: str | None = None):
 def check(script_args, training_args, model_args, trra_args, preparation_args) -> None:
     from .parsing import check_models_and_data, check_required
 
-    check_required("cache-teachers", {"teacher_cache": (training_args.teacher_cache, "the folder to write")})
     check_models_and_data("cache-teachers", script_args, model_args, training_args)
+    check_required("cache-teachers", {"teacher_cache": (training_args.teacher_cache, "the folder to write")})
 
 
 def main(script_args, training_args, model_args, trra_args, preparation_args=None):
@@ -29,7 +29,8 @@ def main(script_args, training_args, model_args, trra_args, preparation_args=Non
 
     set_model_init_kwargs(training_args, model_args)
     train_dataset, eval_dataset = load_training_data(
-        script_args, preparation_args or DatasetPreparationArguments(), training_args, model_args.model_name_or_path
+        "cache-teachers", script_args, preparation_args or DatasetPreparationArguments(), training_args,
+        model_args.model_name_or_path,
     )
     directory = build_teacher_cache(
         model_args.model_name_or_path,

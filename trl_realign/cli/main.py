@@ -41,8 +41,8 @@ def _quickstart(argv: list[str]) -> None:
 # so `trl-realign --help` stays fast
 COMMANDS = {
     "trra": ("trra", "training-time realignment (TrRa, TrRa-iter) from a YAML recipe (--config) or flags"),
-    "cache-teachers": ("cache_teachers", "capture a TrRa recipe's two teachers once (trra/sweep --teacher_cache DIR reuse it)"),
     "onpolicy": ("onpolicy_trra", "on-policy TrRa: the student samples, the fused teacher of A and B scores (vLLM optional)"),
+    "cache-teachers": ("cache_teachers", "capture a TrRa recipe's two teachers once (trra/sweep --teacher_cache DIR reuse it)"),
     "sft": ("sft", "layer-adapter SFT (InRa training): only the inserted bottom layer(s) learn"),
     "dpo": ("dpo", "layer-adapter DPO; the reference is the model with its adapter bypassed"),
     "expand": ("expand", "write an expanded checkpoint (L + n layers, identity adapter) for training under ZeRO-3"),
