@@ -51,10 +51,12 @@ def run_variant(variant: str, model_dir: str, opts) -> dict:
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     from trl_realign.data.tokenizer import build_char_tokenizer
-    from trl_realign.trainers.layer_adapter_dpo_config import LayerAdapterDPOConfig
-    from trl_realign.trainers.layer_adapter_dpo_trainer import LayerAdapterDPOTrainer
-    from trl_realign.trainers.layer_adapter_sft_config import LayerAdapterSFTConfig
-    from trl_realign.trainers.layer_adapter_sft_trainer import LayerAdapterSFTTrainer
+    from trl_realign.trainers import (
+        LayerAdapterDPOConfig,
+        LayerAdapterDPOTrainer,
+        LayerAdapterSFTConfig,
+        LayerAdapterSFTTrainer,
+    )
 
     logging.disable(logging.WARNING)
     torch.manual_seed(0)

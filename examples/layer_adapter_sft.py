@@ -18,8 +18,7 @@ from transformers import AutoModelForCausalLM
 from trl_realign.data import build_char_tokenizer
 from trl_realign.modeling import InRaForCausalLM, bypass_layer_adapter
 from trl_realign.testing import tiny_causal_lm
-from trl_realign.trainers.layer_adapter_sft_config import LayerAdapterSFTConfig
-from trl_realign.trainers.layer_adapter_sft_trainer import LayerAdapterSFTTrainer
+from trl_realign.trainers import LayerAdapterSFTConfig, LayerAdapterSFTTrainer
 
 
 tokenizer = build_char_tokenizer()

@@ -11,12 +11,14 @@ from trl.experimental.gkd import GKDTrainer
 
 from trl_realign.modeling import bypass_layer_adapter, expand_model, num_layer_adapters
 from trl_realign.testing import tiny_causal_lm
-from trl_realign.trainers.layer_adapter_dpo_config import LayerAdapterDPOConfig
-from trl_realign.trainers.layer_adapter_dpo_trainer import LayerAdapterDPOTrainer
-from trl_realign.trainers.layer_adapter_sft_config import LayerAdapterSFTConfig
-from trl_realign.trainers.layer_adapter_sft_trainer import LayerAdapterSFTTrainer
-from trl_realign.trainers.layer_adapter_trra_config import LayerAdapterTrRaConfig
-from trl_realign.trainers.layer_adapter_trra_trainer import LayerAdapterTrRaTrainer
+from trl_realign.trainers import (
+    LayerAdapterDPOConfig,
+    LayerAdapterDPOTrainer,
+    LayerAdapterSFTConfig,
+    LayerAdapterSFTTrainer,
+    LayerAdapterTrRaConfig,
+    LayerAdapterTrRaTrainer,
+)
 
 from tiny_training import training_kwargs
 
@@ -419,8 +421,23 @@ def test_cli_with_lora_saves_and_reports_the_plain_model_and_the_adapter(tmp_pat
 
 
 def test_lora_on_the_adapter_is_refused_where_it_cannot_be_merged(tmp_path, tokenizer, monkeypatch):
-    from trl_realign.trainers import layer_adapter_lora
+    from trl_realign.trainers.layer_adapter import lora as layer_adapter_lora
 
     monkeypatch.setattr(layer_adapter_lora, "is_deepspeed_zero3_enabled", lambda: True)
     with pytest.raises(ValueError, match="not supported under DeepSpeed ZeRO-3 or FSDP.*adapter_lora=False"):
         adapter_trainer("sft", base_model(tokenizer), tmp_path, tokenizer, adapter_lora=True)
+
+
+def test_the_layer_adapter_modules_moved_into_a_subpackage_and_their_old_paths_still_import():
+    import importlib
+
+    import trl_realign
+
+    for old, new in (("layer_adapter_sft_trainer", "sft_trainer"), ("layer_adapter_reference", "reference"),
+                     ("layer_adapter_lora", "lora")):  # fmt: skip
+        assert importlib.import_module(f"trl_realign.trainers.{old}") is importlib.import_module(
+            f"trl_realign.trainers.layer_adapter.{new}"
+        )
+    from trl_realign.trainers.layer_adapter_trra_config import LayerAdapterTrRaConfig as Old
+
+    assert Old is trl_realign.LayerAdapterTrRaConfig is trl_realign.trainers.LayerAdapterTrRaConfig

@@ -21,7 +21,7 @@ from .cached_teachers import (
     check_cached_teacher_name,
     check_student_is_cached_reference,
 )
-from .layer_adapter_reference import AdapterBypassedModel
+from .layer_adapter.reference import AdapterBypassedModel
 from .paper import REALIGN_PAPER
 from .realign_teachers import (
     RealignLossOptions,

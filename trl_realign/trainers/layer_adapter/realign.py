@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
-from .layer_adapter_reference import AdapterBypassedModel
+from .preparation import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
+from .reference import AdapterBypassedModel
 
 
 class LayerAdapterRealignMixin:

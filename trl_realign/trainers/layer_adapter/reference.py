@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..modeling.adapter import bypass_layer_adapter
-from ..modeling.model_parts import decoder_of
+from ...modeling.adapter import bypass_layer_adapter
+from ...modeling.model_parts import decoder_of
 
 
 class AdapterBypassedModel(nn.Module):

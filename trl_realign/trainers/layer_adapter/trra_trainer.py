@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .layer_adapter_realign import LayerAdapterRealignMixin
-from .layer_adapter_saving import LayerAdapterSavingMixin
-from .layer_adapter_trra_config import LayerAdapterTrRaConfig
-from .paper import REALIGN_PAPER
-from .trra_trainer import TrRaTrainer
+from .realign import LayerAdapterRealignMixin
+from .saving import LayerAdapterSavingMixin
+from .trra_config import LayerAdapterTrRaConfig
+from ..paper import REALIGN_PAPER
+from ..trra_trainer import TrRaTrainer
 
 
 class LayerAdapterTrRaTrainer(LayerAdapterRealignMixin, LayerAdapterSavingMixin, TrRaTrainer):

@@ -8,8 +8,8 @@ import logging
 from torch import nn
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..modeling.adapter import RESIDUAL_WRITERS, num_layer_adapters
-from ..modeling.model_parts import decoder_layers_of, decoder_of
+from ...modeling.adapter import RESIDUAL_WRITERS, num_layer_adapters
+from ...modeling.model_parts import decoder_layers_of, decoder_of
 
 
 logger = logging.getLogger(__name__)

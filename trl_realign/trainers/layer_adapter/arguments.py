@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..modeling.adapter import ADAPTER_INITS
-from .layer_adapter_lora import DEFAULT_LORA_TARGETS, check_lora_targets
+from ...modeling.adapter import ADAPTER_INITS
+from .lora import DEFAULT_LORA_TARGETS, check_lora_targets
 
 
 @dataclass

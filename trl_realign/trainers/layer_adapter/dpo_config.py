@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 from trl import DPOConfig
 
-from .layer_adapter_arguments import LayerAdapterArguments
+from .arguments import LayerAdapterArguments
 
 
 @dataclass

@@ -1,7 +1,7 @@
 from dataclasses import dataclass
 
-from .layer_adapter_arguments import LayerAdapterArguments, refuse_ref_model_name
-from .onpolicy_trra_config import OnPolicyTrRaConfig
+from .arguments import LayerAdapterArguments, refuse_ref_model_name
+from ..onpolicy_trra_config import OnPolicyTrRaConfig
 
 
 @dataclass

@@ -1,7 +1,7 @@
 from dataclasses import dataclass
 
-from .layer_adapter_arguments import LayerAdapterArguments, refuse_ref_model_name
-from .trra_config import TrRaConfig
+from .arguments import LayerAdapterArguments, refuse_ref_model_name
+from ..trra_config import TrRaConfig
 
 
 @dataclass

@@ -5,12 +5,12 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 from trl import DPOTrainer
 
-from .completion_length_metric import CompletionLengthMetricMixin
-from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
-from .layer_adapter_dpo_config import LayerAdapterDPOConfig
-from .layer_adapter_reference import AdapterBypassedModel
-from .layer_adapter_saving import LayerAdapterSavingMixin
-from .paper import REALIGN_PAPER
+from ..completion_length_metric import CompletionLengthMetricMixin
+from .preparation import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
+from .dpo_config import LayerAdapterDPOConfig
+from .reference import AdapterBypassedModel
+from .saving import LayerAdapterSavingMixin
+from ..paper import REALIGN_PAPER
 
 
 class LayerAdapterDPOTrainer(LayerAdapterSavingMixin, CompletionLengthMetricMixin, DPOTrainer):

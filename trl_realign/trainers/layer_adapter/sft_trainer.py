@@ -5,11 +5,11 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 from trl import SFTTrainer
 
-from .completion_length_metric import CompletionLengthMetricMixin
-from .layer_adapter import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
-from .layer_adapter_saving import LayerAdapterSavingMixin
-from .layer_adapter_sft_config import LayerAdapterSFTConfig
-from .paper import REALIGN_PAPER
+from ..completion_length_metric import CompletionLengthMetricMixin
+from .preparation import log_adapter_setup, prepare_layer_adapter_model, resolve_adapter_args
+from .saving import LayerAdapterSavingMixin
+from .sft_config import LayerAdapterSFTConfig
+from ..paper import REALIGN_PAPER
 
 
 class LayerAdapterSFTTrainer(LayerAdapterSavingMixin, CompletionLengthMetricMixin, SFTTrainer):

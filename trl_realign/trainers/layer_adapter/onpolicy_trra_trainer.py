@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .layer_adapter_onpolicy_trra_config import LayerAdapterOnPolicyTrRaConfig
-from .layer_adapter_realign import LayerAdapterRealignMixin
-from .layer_adapter_saving import LayerAdapterSavingMixin
-from .onpolicy_trra_trainer import OnPolicyTrRaTrainer
-from .paper import REALIGN_PAPER
+from .onpolicy_trra_config import LayerAdapterOnPolicyTrRaConfig
+from .realign import LayerAdapterRealignMixin
+from .saving import LayerAdapterSavingMixin
+from ..onpolicy_trra_trainer import OnPolicyTrRaTrainer
+from ..paper import REALIGN_PAPER
 
 
 class LayerAdapterOnPolicyTrRaTrainer(LayerAdapterRealignMixin, LayerAdapterSavingMixin, OnPolicyTrRaTrainer):

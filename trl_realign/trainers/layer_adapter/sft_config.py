@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 from trl import SFTConfig
 
-from .layer_adapter_arguments import LayerAdapterArguments
+from .arguments import LayerAdapterArguments
 
 
 @dataclass

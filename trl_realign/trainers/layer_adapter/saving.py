@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..modeling.adapter import num_layer_adapters
-from ..modeling.adapter_artifact import LayerAdapterArtifact
-from ..modeling.model_parts import decoder_of, is_peft_model, unwrap_peft
-from .layer_adapter_lora import check_lora_can_be_merged
+from ...modeling.adapter import num_layer_adapters
+from ...modeling.adapter_artifact import LayerAdapterArtifact
+from ...modeling.model_parts import decoder_of, is_peft_model, unwrap_peft
+from .lora import check_lora_can_be_merged
 
 
 logger = logging.getLogger(__name__)

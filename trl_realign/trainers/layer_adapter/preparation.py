@@ -14,10 +14,10 @@ import logging
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, enable_full_determinism, set_seed
 
-from ..modeling.adapter import add_layer_adapter, check_supported, freeze_all_but_adapter, get_layer_adapter_config
-from ..modeling.model_parts import decoder_of, is_peft_model
-from .layer_adapter_arguments import LayerAdapterArguments
-from .layer_adapter_lora import adapter_lora_config, check_lora_can_be_merged
+from ...modeling.adapter import add_layer_adapter, check_supported, freeze_all_but_adapter, get_layer_adapter_config
+from ...modeling.model_parts import decoder_of, is_peft_model
+from .arguments import LayerAdapterArguments
+from .lora import adapter_lora_config, check_lora_can_be_merged
 
 
 logger = logging.getLogger(__name__)
