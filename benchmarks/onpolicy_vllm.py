@@ -120,6 +120,25 @@ def vllm_venv_python() -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+def run_in_vllm_venv(argv: list[str], small: bool) -> tuple[dict, dict]:
+    """Each variant's figures, measured by this script (with `argv`) in the vLLM venv, and the environment it ran in."""
+    python = vllm_venv_python()
+    env = {**os.environ, "PYTHONPATH": REPO, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    if small:
+        env["VLLM_CPU_CI_ENV"] = "1"  # vLLM's CPU CI setting: dynamo + eager instead of inductor (minutes)
+    figures = {}
+    for variant in VARIANTS:
+        out = subprocess.run([python, os.path.abspath(__file__), *argv, "--variant", variant], capture_output=True,
+                             text=True, env=env)  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"{variant} failed:\n{out.stderr[-4000:]}")
+        figures[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{variant}: {figures[variant]}", file=sys.stderr, flush=True)
+    return figures, env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="a 2-layer model, short sequences, eager vLLM: a check")
@@ -138,21 +157,8 @@ def main() -> None:
         print(json.dumps(measure_step(args.variant, config, args.warmup, args.steps)))
         return
 
-    python = vllm_venv_python()
     load_before = os.getloadavg()[0]
-    env = {**os.environ, "PYTHONPATH": REPO, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    if args.small:
-        env["VLLM_CPU_CI_ENV"] = "1"  # vLLM's CPU CI setting: dynamo + eager instead of inductor (minutes)
-    figures = {}
-    for variant in VARIANTS:
-        out = subprocess.run([python, os.path.abspath(__file__), *sys.argv[1:], "--variant", variant],
-                             capture_output=True, text=True, env=env)  # fmt: skip
-        if out.returncode != 0:
-            sys.exit(f"{variant} failed:\n{out.stderr[-4000:]}")
-        figures[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{variant}: {figures[variant]}", file=sys.stderr, flush=True)
+    figures, env = run_in_vllm_venv(sys.argv[1:], small=args.small)
     hf, vllm = figures["transformers"], figures["vllm"]
     ratio = vllm["step_s"] / hf["step_s"]
     sync_share = vllm["sync_s"] / vllm["step_s"]
