@@ -11,7 +11,12 @@ from trl.extras.profiling import profiling_context
 
 from ..modeling.checks import check_text_processing_class
 from .onpolicy_trra_config import OnPolicyTrRaConfig
-from .onpolicy_vllm import colocated_engine_from_student, needs_reload_sync, reload_colocated_weights
+from .onpolicy_vllm import (
+    check_vllm_mode,
+    colocated_engine_from_student,
+    needs_reload_sync,
+    reload_colocated_weights,
+)
 from .paper import REALIGN_PAPER
 from .realign_teachers import (
     STAT_NAMES,
@@ -93,6 +98,7 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
                     f"column, which the training dataset lacks (it has {columns}). Add the column or set `lmbda=1`."
                 )
 
+        check_vllm_mode(args)
         # Before DistillationTrainer's set-up for vision-language models, which fails on a text model's config
         check_text_processing_class(processing_class)
         # Before the student is wrapped: A defaults to a copy of its starting weights

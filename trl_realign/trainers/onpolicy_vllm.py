@@ -40,6 +40,19 @@ def student_engine_folder(student, processing_class, folder: str) -> dict:
     return {"model": folder, "load_format": "dummy", "dtype": str(model.dtype).removeprefix("torch.")}
 
 
+def check_vllm_mode(args) -> None:
+    """Refuse, before TRL waits for a server, a server-mode run whose weights could not reach the server."""
+    if not (args.use_vllm and args.vllm_mode == "server"):
+        return
+    import torch
+
+    if args.use_cpu or not torch.cuda.is_available():
+        raise ValueError(
+            "`vllm_mode='server'` syncs the student's weights to the server over NCCL (TRL 1.16's only weight "
+            "transfer), which needs a CUDA device for the trainer; without one use `vllm_mode='colocate'`."
+        )
+
+
 @contextlib.contextmanager
 def colocated_engine_from_student(trainer, args):
     """
