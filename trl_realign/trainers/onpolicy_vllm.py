@@ -41,15 +41,25 @@ def student_engine_folder(student, processing_class, folder: str) -> dict:
 
 
 def check_vllm_mode(args) -> None:
-    """Refuse, before TRL waits for a server, a server-mode run whose weights could not reach the server."""
-    if not (args.use_vllm and args.vllm_mode == "server"):
+    """
+    Refuse the vLLM settings that cannot work without CUDA, naming the option: a server-mode run (before TRL waits for
+    a server its weights could not reach) and a colocated engine with sleep mode (which vLLM has only on GPUs).
+    """
+    if not args.use_vllm:
         return
     import torch
 
-    if args.use_cpu or not torch.cuda.is_available():
+    if torch.cuda.is_available() and not args.use_cpu:
+        return
+    if args.vllm_mode == "server":
         raise ValueError(
             "`vllm_mode='server'` syncs the student's weights to the server over NCCL (TRL 1.16's only weight "
             "transfer), which needs a CUDA device for the trainer; without one use `vllm_mode='colocate'`."
+        )
+    if args.vllm_mode == "colocate" and args.vllm_enable_sleep_mode:
+        raise ValueError(
+            "`vllm_enable_sleep_mode=True` frees GPU memory between generations, and vLLM has no sleep mode without a "
+            "GPU: set `vllm_enable_sleep_mode=False` (`--vllm_enable_sleep_mode false`)."
         )
 
 
