@@ -99,6 +99,7 @@ def measure_step(variant: str, config: dict, warmup: int, steps: int, device_arg
         trainer.train()
     sync_times = sync.times if sync is not None else [0.0] * len(generation.times)
     return {
+        "completion_tokens": generation.tokens,  # per step: the same in both variants, or the comparison is unfair
         "step_s": statistics.median(timer.times[warmup:]),
         # the sync runs inside the generation call: the generation time is without it
         "generation_s": statistics.median(g - s for g, s in zip(generation.times[warmup:], sync_times[warmup:])),
@@ -168,6 +169,7 @@ def main() -> None:
         "generation_share": {name: round(f["generation_s"] / f["step_s"], 4) for name, f in figures.items()},
         **{f"{name}_{key}": round(f[key], 3) for name, f in figures.items() for key in ("step_s", "generation_s")},
         "vllm_sync_s": round(vllm["sync_s"], 3),
+        "completion_tokens": {name: f["completion_tokens"] for name, f in figures.items()},
         "step_times": {name: f["step_times"] for name, f in figures.items()},
         "targets": TARGETS,
         "targets_met": {"vllm_vs_transformers_step": ratio <= TARGETS["vllm_vs_transformers_step"],
