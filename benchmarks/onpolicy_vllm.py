@@ -1,6 +1,6 @@
 """
-One on-policy TrRa step with vLLM generation (`use_vllm=True, vllm_mode="colocate"`) vs the same step with transformers'
-`generate`, at Qwen2.5-0.5B's shape (random weights, fp32, CPU).
+One on-policy TrRa step with vLLM generation (`use_vllm=True, vllm_mode="colocate"`) vs the same step with
+transformers' `generate`, at Qwen2.5-0.5B's shape (random weights, fp32, CPU).
 
 Run from the main environment: `python benchmarks/onpolicy_vllm.py` (`--small` for a check in about a minute). The
 colocated engine lives in the trainer's process, so both variants run in the vLLM venv (found or created by
@@ -71,7 +71,7 @@ class SyncTimer:
 
 
 def onpolicy_trainer(variant: str, config: dict, output_dir: str, steps: int, callbacks, device_args: dict):
-    """`real_shape_step.py`'s on-policy TrRa trainer, generating with `variant`; `device_args` for a GPU (bf16, cuda)."""
+    """`real_shape_step.py`'s on-policy TrRa trainer generating with `variant`; `device_args`: a GPU's (bf16, cuda)."""
     import real_shape_step
 
     completion = config["completion_len"]
@@ -122,7 +122,7 @@ def vllm_venv_python() -> str:
 
 
 def run_in_vllm_venv(argv: list[str], small: bool) -> tuple[dict, dict]:
-    """Each variant's figures, measured by this script (with `argv`) in the vLLM venv, and the environment it ran in."""
+    """Each variant's figures, measured by this script (with `argv`) in the vLLM venv, and the environment used."""
     python = vllm_venv_python()
     env = {**os.environ, "PYTHONPATH": REPO, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip

@@ -9,7 +9,7 @@ Qwen2 models; about 30 s on 2 cores.
 - After training steps whose completions vLLM sampled, vLLM's greedy completions equal transformers' greedy ones from
   the trainer's current weights (a stale or partial weight sync fails this: training moved the greedy completions);
 - on those completions the batch, the loss and the gradients are the same whichever backend generated;
-- the on-policy recipe's options load and its steps run with tiny stand-in models (its `base` trainer is the one above);
+- the on-policy recipe's options load and its steps run with tiny stand-in models (its trainer is `base` above);
 - the layer-adapter student is sampled from its expanded model in memory (adapter path included; with LoRA, the merged
   adapter), though it was loaded from the base checkpoint's path.
 """
@@ -29,7 +29,11 @@ pytest.importorskip("vllm", reason="needs the vLLM environment (vllm_plugin/scri
 os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from trl_realign import LayerAdapterOnPolicyTrRaConfig, LayerAdapterOnPolicyTrRaTrainer, OnPolicyTrRaTrainer  # noqa: E402
+from trl_realign import (  # noqa: E402
+    LayerAdapterOnPolicyTrRaConfig,
+    LayerAdapterOnPolicyTrRaTrainer,
+    OnPolicyTrRaTrainer,
+)
 from trl_realign.data.tokenizer import build_char_tokenizer  # noqa: E402
 from trl_realign.testing import spread_weights, tiny_causal_lm  # noqa: E402
 
@@ -118,7 +122,8 @@ def trained(tmp_path_factory, tokenizer):
     # The recipe's options, with tiny stand-ins for its models and data, fp32 on the CPU, and no sleep mode (vLLM has
     # none on CPU; the GPU check runs it)
     overrides = {
-        "model_name_or_path": root / "A", "aligned_model_name_or_path": root / "B", "dataset_name": root / "data.jsonl",
+        "model_name_or_path": root / "A", "aligned_model_name_or_path": root / "B",
+        "dataset_name": root / "data.jsonl",
         "dataset_preparation": "none", "dtype": "float32", "bf16": "false", "use_cpu": "true",
         "max_completion_length": COMPLETION_TOKENS, "vllm_max_model_length": 64, "vllm_enable_sleep_mode": "false",
         "max_steps": STEPS, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,

