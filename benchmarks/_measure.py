@@ -27,17 +27,19 @@ class StepTimer(TrainerCallback):
 class GenerationTimer:
     """
     Wall time of every generation call of a TRL on-policy trainer (`DistillationTrainer` and its subclasses: the
-    student sampling a batch's completions, `_generate_single_turn`), in `times`; wraps `trainer` in place.
+    student sampling a batch's completions, `_generate_single_turn`), in `times`, and the completion tokens each call
+    sampled, in `tokens`; wraps `trainer` in place.
     """
 
     def __init__(self, trainer):
-        self.times = []
+        self.times, self.tokens = [], []
         generate = trainer._generate_single_turn
 
         def timed_generate(*args, **kwargs):
             start = time.perf_counter()
             out = generate(*args, **kwargs)
             self.times.append(time.perf_counter() - start)
+            self.tokens.append(sum(len(ids) for ids in out))
             return out
 
         trainer._generate_single_turn = timed_generate

@@ -324,6 +324,22 @@ def test_missing_aligned_model_is_rejected(tmp_path, tokenizer):
                             processing_class=tokenizer)  # fmt: skip
 
 
+def test_vllm_server_mode_without_cuda_is_refused_before_waiting_for_a_server(tmp_path, tokenizer):
+    a, b = models(tokenizer)
+    args = make_args(tmp_path, use_vllm=True, vllm_mode="server", vllm_server_timeout=1)
+    with pytest.raises(ValueError, match="NCCL.*CUDA.*colocate"):
+        OnPolicyTrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=args, train_dataset=prompt_dataset(),
+                            processing_class=tokenizer)  # fmt: skip
+
+
+def test_vllm_sleep_mode_without_cuda_is_refused_with_the_option_to_change(tmp_path, tokenizer):
+    a, b = models(tokenizer)
+    args = make_args(tmp_path, use_vllm=True, vllm_mode="colocate", vllm_enable_sleep_mode=True)
+    with pytest.raises(ValueError, match="vllm_enable_sleep_mode"):
+        OnPolicyTrRaTrainer(model=fresh(a), ref_model=a, aligned_model=b, args=args, train_dataset=prompt_dataset(),
+                            processing_class=tokenizer)  # fmt: skip
+
+
 def test_teacher_with_different_tokenizer_is_rejected(tmp_path, tokenizer):
     a, b = models(tokenizer)
     b.save_pretrained(tmp_path / "B")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from trl_realign.evaluation import EvalConfig, evaluate
-from trl_realign.testing import tiny_causal_lm
+from trl_realign.testing import spread_weights, tiny_causal_lm
 
 
 VLLM_PYTHON = os.environ.get("TRL_REALIGN_VLLM_PYTHON")
@@ -30,17 +30,6 @@ NEW_TOKENS = 16
 EOS = 3
 # fp32, eager, small blocks (the CPU backend needs blocks of 32), a short context: a tiny engine that loads fast
 SERVER_ARGS = "--dtype float32 --enforce-eager --max-model-len 256 --block-size 32 --max-num-seqs 8 --seed 0"
-
-
-def spread_weights(model, seed: int) -> None:
-    # HF's init (std 0.02) gives near-uniform logits, whose greedy argmax could flip on float rounding between two
-    # engines; unit-variance activations give clear winners
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2:
-                std = 1.0 if "embed_tokens" in name else param.shape[1] ** -0.5
-                param.copy_(std * torch.randn(param.shape, generator=generator))
 
 
 def greedy_ids(model, tokenizer, text, **kwargs) -> list[int]:

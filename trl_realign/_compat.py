@@ -135,6 +135,23 @@ def forward_redirection():
     )()
 
 
+def vllm_engine_factory():
+    """
+    TRL's module that starts the colocated vLLM engine, and the engine class it calls there (its global `LLM`, `None`
+    when vLLM is not installed). `VLLMGeneration._init_vllm` builds the engine as `LLM(model=model.name_or_path, ...)`
+    by that global name: trl-realign swaps it for the duration of the trainer's set-up (trainers/onpolicy_vllm.py).
+    """
+    hook = "trl.generation.vllm_generation"
+    try:
+        module = importlib.import_module(hook)
+    except ImportError:
+        raise _fail("trl", hook, "does not exist") from None
+    init_vllm = getattr(getattr(module, "VLLMGeneration", None), "_init_vllm", None)
+    if init_vllm is None or "LLM(" not in inspect.getsource(init_vllm):
+        raise _fail("trl", f"{hook}.VLLMGeneration._init_vllm", "does not build the engine as `LLM(...)`")
+    return module, getattr(module, "LLM", None)
+
+
 def trainer_metrics(trainer, mode: str) -> dict:
     """
     The per-mode metric lists of a TRL trainer (`trainer._metrics[mode]`, averaged and cleared by TRL's `log`): the

@@ -49,3 +49,18 @@ def tiny_causal_lm(family: str = "llama", seed: int = 0, **config_kwargs) -> Pre
             if name.endswith(".bias"):
                 param.normal_(0, 0.02)
     return model.eval()
+
+
+def spread_weights(model: PreTrainedModel, seed: int) -> PreTrainedModel:
+    """
+    Redraw `model`'s matrices with unit-variance activations (in place; returns it). HF's init (std 0.02) gives
+    near-uniform logits, whose greedy argmax can flip on float rounding between two engines (vLLM and transformers);
+    these weights give clear winners.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                std = 1.0 if "embed_tokens" in name else param.shape[1] ** -0.5
+                param.copy_(std * torch.randn(param.shape, generator=generator))
+    return model

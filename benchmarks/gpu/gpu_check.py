@@ -11,6 +11,12 @@ Sections (each one's failure is recorded in the JSON and the others still run):
 - `teacher_cache`: the same step trained from a teacher cache (captured first, bf16 hidden states) vs live TrRa.
 - `inra`: greedy decoding at Qwen2.5-0.5B's shape with SDPA: InRa λ=0.5 vs the plain model and vs two models (DeRa).
   Flash attention is refused by `InRaForCausalLM` (`_supports_flash_attn = False`), so it is not measured.
+- `onpolicy_vllm`: one on-policy TrRa step (λ=2) at DeepSeek-R1-Distill-Qwen-1.5B's shape, 8 prompts of 512 tokens and
+  1024 sampled tokens, with vLLM colocate generation vs transformers' `generate` (`../onpolicy_vllm.py`), bf16
+  autocast: `vllm_vs_transformers_step` (target ≤ 0.35) and the sync's share. Needs vLLM in this python (the GPU
+  image has none, and its wheel is beyond what a device call carries: the section then records that). `vllm_mode=
+  "server"` is not measured: TRL's weight sync to a server is NCCL-only, and the image has no vLLM to serve with. The
+  dry run measures the small shape in the vLLM venv (`vllm_plugin/scripts/setup_venv.sh`), vLLM on the CPU.
 
 `--dry-run` runs every code path on the CPU at tiny shapes (a check that the script works, not a measurement).
 Writes one JSON file (`--out`) and prints the same object as its last line.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -36,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmark scripts whose builders this reuses
 import inra_decode  # noqa: E402
 import loss_vs_peers  # noqa: E402
+import onpolicy_vllm  # noqa: E402
 import real_shape_step  # noqa: E402
 import teacher_cache  # noqa: E402
 from _measure import StepTimer  # noqa: E402
@@ -281,6 +289,26 @@ def inra_section(args, clock: Clock) -> dict:
     return out
 
 
+def onpolicy_vllm_section(args, clock: Clock) -> dict:
+    if args.dry_run:  # the small shape in the vLLM venv, vLLM on the CPU: a check of the path, not a measurement
+        figures, _ = onpolicy_vllm.run_in_vllm_venv(["--small", "--warmup", "1", "--steps", "1"], small=True)
+        config = onpolicy_vllm.SMALL
+    else:
+        if importlib.util.find_spec("vllm") is None:
+            return {"error": "vLLM is not installed in this python: nothing to measure"}
+        config = dict(shape="r1-distill-qwen-1.5b", batch=8, prompt_len=512, completion_len=1024)
+        device_args = dict(use_cpu=False, bf16=True, vllm_gpu_memory_utilization=0.25)
+        figures = {}
+        for variant in onpolicy_vllm.VARIANTS:
+            figures[variant] = onpolicy_vllm.measure_step(variant, config, 1, 2, device_args, SyncedStepTimer(clock))
+            free(clock)
+    with_vllm, with_hf = figures["vllm"], figures["transformers"]
+    return {**config, "mode": "colocate", **{f"{name}_{key}": f[key] for name, f in figures.items()
+                                             for key in ("step_s", "generation_s")},
+            "vllm_sync_s": with_vllm["sync_s"], "sync_share": with_vllm["sync_s"] / with_vllm["step_s"],
+            "vllm_vs_transformers_step": with_vllm["step_s"] / with_hf["step_s"]}  # fmt: skip
+
+
 def targets_met(result: dict) -> dict:
     met = {}
     loss = result.get("loss", {})
@@ -295,6 +323,9 @@ def targets_met(result: dict) -> dict:
     met["bf16_grad_within_error"] = bool(result.get("bf16_grad_path", {}).get("within_bf16_error"))
     met["trra_vs_sft_step"] = result.get("step", {}).get("trra_vs_sft_step", float("inf")) <= 1.8
     met["cached_vs_live_step"] = result.get("teacher_cache", {}).get("cached_vs_live_step", float("inf")) <= 0.75
+    met["onpolicy_vllm_vs_transformers_step"] = (
+        result.get("onpolicy_vllm", {}).get("vllm_vs_transformers_step", float("inf")) <= 0.35
+    )
     for batch in (1, 8):
         figures = result.get("inra", {}).get(f"batch{batch}", {})
         for key, target in (("inra_vs_plain", 0.6), ("inra_vs_two_model", 1.3)):
@@ -303,7 +334,7 @@ def targets_met(result: dict) -> dict:
 
 
 SECTIONS = {"loss": loss_section, "bf16_grad_path": bf16_grad_section, "step": step_section,
-            "teacher_cache": teacher_cache_section, "inra": inra_section}
+            "teacher_cache": teacher_cache_section, "inra": inra_section, "onpolicy_vllm": onpolicy_vllm_section}
 
 
 def main():

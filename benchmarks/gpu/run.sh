@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check in one command, for a session with a lent H200 (benchmarks/README.md, "GPU figures").
 #   bash benchmarks/gpu/run.sh            # on the GPU machine, from the repository root, well under 10 minutes
-#   bash benchmarks/gpu/run.sh --dry-run  # anywhere: every code path at tiny shapes on the CPU
+#   bash benchmarks/gpu/run.sh --dry-run  # anywhere: every code path at tiny shapes on the CPU (the on-policy vLLM
+#                                         # section in the vLLM venv: setup_venv.sh finds or makes it, see
+#                                         # TRL_REALIGN_VLLM_VENV)
 # The GPU image lacks this project's pins (transformers 5.23, trl 1.16, ...): benchmarks/gpu/fetch_wheels.sh, run
 # once on a machine with PyPI, puts them in .whl/, which the device call carries (carry: [".whl"]).
 # Writes gpu_check.json under $OUT if set (the device tool brings $OUT back), else under benchmarks/gpu/.

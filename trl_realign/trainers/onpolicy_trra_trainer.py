@@ -7,9 +7,16 @@ import torch
 from transformers import PreTrainedModel
 from trl import DistillationTrainer
 from trl.data_utils import is_conversational
+from trl.extras.profiling import profiling_context
 
 from ..modeling.checks import check_text_processing_class
 from .onpolicy_trra_config import OnPolicyTrRaConfig
+from .onpolicy_vllm import (
+    check_vllm_mode,
+    colocated_engine_from_student,
+    needs_reload_sync,
+    reload_colocated_weights,
+)
 from .paper import REALIGN_PAPER
 from .realign_teachers import (
     STAT_NAMES,
@@ -91,22 +98,25 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
                     f"column, which the training dataset lacks (it has {columns}). Add the column or set `lmbda=1`."
                 )
 
+        check_vllm_mode(args)
         # Before DistillationTrainer's set-up for vision-language models, which fails on a text model's config
         check_text_processing_class(processing_class)
         # Before the student is wrapped: A defaults to a copy of its starting weights
         ref_model, aligned_model = resolve_teacher_sources(model, ref_model, aligned_model, args, peft_config)
-        super().__init__(
-            model,
-            teacher_model=None,  # two teachers, loaded and prepared below
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-            tools=tools,
-        )
+        # vLLM serves the student as it is in memory (an expanded layer-adapter model included), not its checkpoint
+        with colocated_engine_from_student(self, args):
+            super().__init__(
+                model,
+                teacher_model=None,  # two teachers, loaded and prepared below
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+                tools=tools,
+            )
 
         self.lmbda = args.lmbda
         # Only the rows the tokenizer can produce are scored, so heads padded to different sizes (Qwen) mix
@@ -122,6 +132,7 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
             vocab_chunk_size=args.loss_vocab_chunk_size,
         )
         self._dataset_completions = None
+        self._reload_sync = needs_reload_sync(self)
 
     # ------------------------------------------------------------------ GKD's mixing: dataset completions
 
@@ -148,6 +159,11 @@ class OnPolicyTrRaTrainer(RealignTeachersMixin, DistillationTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         if self._dataset_completions is None:
+            if self._reload_sync and self.use_vllm and self.state.global_step != self._last_loaded_step:
+                # TRL's sync cannot update vLLM's CPU backend (onpolicy_vllm.py); marking the step loaded skips it
+                with profiling_context(self, "sync_weights"):
+                    reload_colocated_weights(self.vllm_generation)
+                self._last_loaded_step = self.state.global_step
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
         return [
             self._tokenize_completion(prompt, completion, ids)[: self.max_completion_length]

