@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
+import json
 import math
+import os
 import random
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -386,6 +390,18 @@ def test_mixed_sliding_layers_and_cuda_graph_modes_are_refused(monkeypatch):
             check_supported(engine_config(**full), plain)
         full["use_v2_model_runner"] = True
     check_supported(engine_config(**full), plain)
+
+
+# ------------------------------------------------------------------------------------------------- the GPU check
+def test_gpu_check_dry_run_passes_here(reference):
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "check_gpu_mrv2.py")
+    result = subprocess.run(
+        [sys.executable, script, os.environ["TRL_REALIGN_VLLM_REFERENCE"], "--dry-run"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["ok"] and report["dry_run"] and len(report["plan"]["batches"]) == len(reference["families"]) + 1
 
 
 # ------------------------------------------------------------------------------------------------- registration
