@@ -97,7 +97,8 @@ def run_batch(reference: dict, family: str, extra: dict) -> dict:
         del llm
         gc.collect()
     mismatches = [
-        [lam, i] for (lam, i), out in zip(requests, outputs) if list(out.outputs[0].token_ids) != spec["tokens"][str(lam)][i]
+        [lam, i] for (lam, i), out in zip(requests, outputs)
+        if list(out.outputs[0].token_ids) != spec["tokens"][str(lam)][i]
     ]
     return {"requests": len(requests), "mismatches": mismatches, "seconds": round(time.monotonic() - start, 1)}
 
@@ -147,7 +148,8 @@ def check_server(reference: dict, log_path: str) -> dict:
             tokens = json.loads(text)["choices"][0]["token_ids"] if status == 200 else None
             return tokens == spec["tokens"][str(lam)][prompt_index]
 
-        result = {"mismatches": [lam for lam in reference["lambdas"] if not matches(complete(lam), lam)], "refusals": {}}
+        mismatches = [lam for lam in reference["lambdas"] if not matches(complete(lam), lam)]
+        result = {"mismatches": mismatches, "refusals": {}}
         for name, (value, message) in BAD_LAMBDAS.items():
             status, text = complete(value)
             result["refusals"][name] = {"status": status, "names_the_problem": message in text}

@@ -5,10 +5,10 @@
 # vLLM 0.34 cannot run an engine here (on x86 it needs triton-cpu, which is not on the registry, and its wheel pins a
 # CUDA torch 2.14), so the venv is the cheapest one in which the modules the plugin and its tests import load: the
 # vllm==0.34.0 wheel without its dependencies, the local CPU torch 2.13.0 wheel, transformers <5.23 and the few pure
-# packages those imports need (measured on the shared 2-core machine: 178 s and 1.8 GB, half of it torch; the tests then
-# take 15 to 40 s).
+# packages those imports need (measured on the shared 2-core machine: 178 s and 1.8 GB, half of it torch; the tests
+# then take 15 to 40 s).
 #   TRL_REALIGN_VLLM034_VENV         where the venv lives (default: vllm_plugin/.venv-vllm034, git-ignored)
-#   MAIN_PYTHON                      the main environment's interpreter, for the reference checkpoints (default: python)
+#   MAIN_PYTHON                      the main environment's interpreter, for the checkpoints (default: python)
 #   TRL_REALIGN_VLLM_REFERENCE_DIR   reuses the checkpoints of scripts/run_tests.sh (default: vllm_plugin/.reference)
 # Extra arguments go to pytest. Exits non-zero on any failure.
 set -euo pipefail

@@ -20,7 +20,8 @@ def main(plugin_dir: str, vllm_dist: str, vllm_version: str, torch_version: str,
         for name in absent:
             assert importlib.util.find_spec(name) is None, name
         spec = importlib.util.find_spec("trl_realign_vllm")
-        assert spec is not None and os.path.samefile(os.path.dirname(os.path.dirname(spec.origin)), plugin_dir), "plugin"
+        installed_from = os.path.dirname(os.path.dirname(spec.origin)) if spec is not None else None
+        assert installed_from is not None and os.path.samefile(installed_from, plugin_dir), "plugin"
         md.version("pytest")
     except (AssertionError, md.PackageNotFoundError) as exc:
         print(f"{vllm_dist} {vllm_version} venv needs (re)installing: {exc}", file=sys.stderr)

@@ -10,5 +10,5 @@ HAS_MODEL_RUNNER_V1 = find_spec("vllm.v1.sample.logits_processor") is not None
 
 
 def uses_model_runner_v2(vllm_config) -> bool:
-    """Whether this engine runs Model Runner V2 (always from vLLM 0.34 on, whose config has no `use_v2_model_runner`)."""
+    """Whether this engine runs Model Runner V2 (always on vLLM 0.34, whose config has no `use_v2_model_runner`)."""
     return not HAS_MODEL_RUNNER_V1 or vllm_config.use_v2_model_runner
