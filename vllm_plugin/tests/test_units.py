@@ -205,6 +205,46 @@ def test_mrv2_state_gives_lambda_per_token_in_a_persistent_buffer(mrv2_config):
     assert state.prepare_inputs(batch, req_states=None)["realign_lambda"][2].item() == 0.25
 
 
+def test_inra_model_builds_and_loads_its_checkpoint_with_this_vllms_classes(mrv2_config, reference, tmp_path):
+    # The narrowest piece of the model that runs without an engine (vLLM 0.34 cannot start one on this CPU): the class
+    # built by vLLM's own layers (the second `Attention` per original layer, through this vLLM's `Attention`
+    # signature) and every parameter loaded from the checkpoint's stock names, as vLLM's loader requires
+    from safetensors.torch import load_file
+    from vllm.config import set_current_vllm_config
+    from vllm.distributed import (
+        destroy_distributed_environment, destroy_model_parallel, init_distributed_environment,
+        initialize_model_parallel,
+    )
+
+    from trl_realign_vllm.models import InRaLlamaForCausalLM
+
+    spec = reference["families"]["llama"]
+    with set_current_vllm_config(mrv2_config):
+        init_distributed_environment(
+            world_size=1, rank=0, local_rank=0, distributed_init_method=f"file://{tmp_path / 'init'}", backend="gloo"
+        )
+        try:
+            initialize_model_parallel(1, 1)
+            model = InRaLlamaForCausalLM(vllm_config=mrv2_config, prefix="")
+            weights = {}
+            for name in os.listdir(spec["paths"]["inra"]):
+                if name.endswith(".safetensors"):
+                    weights.update(load_file(os.path.join(spec["paths"]["inra"], name)))
+            loaded = model.load_weights(weights.items())
+        finally:
+            destroy_model_parallel()
+            destroy_distributed_environment()
+    assert {name for name, _ in model.named_parameters()} <= set(loaded)
+    layers = model.model.layers
+    assert model.num_adapters == spec["num_adapters"] == 2
+    assert all(type(layer.self_attn.attn).__name__ == "Attention" for layer in layers[:2])
+    for i, layer in enumerate(layers[2:], start=2):
+        stock, reference_attention = layer.self_attn.attn.aligned, layer.self_attn.attn.reference
+        assert reference_attention.layer_name == f"model.layers.{i}.self_attn.attn_ref"
+        for field in ("num_heads", "head_size", "num_kv_heads", "sliding_window", "attn_type"):
+            assert getattr(reference_attention, field) == getattr(stock, field), (i, field)
+
+
 def test_mrv2_admission_refuses_bad_lambda_through_vllms_validator(mrv2_config):
     # What the frontend runs at admission under Model Runner V2 (the only runner from 0.34 on): the validator that
     # vLLM builds from the `vllm.logits_processors` entry points, which only takes V2-interface classes
