@@ -238,11 +238,22 @@ def test_inra_model_builds_and_loads_its_checkpoint_with_this_vllms_classes(mrv2
     layers = model.model.layers
     assert model.num_adapters == spec["num_adapters"] == 2
     assert all(type(layer.self_attn.attn).__name__ == "Attention" for layer in layers[:2])
-    for i, layer in enumerate(layers[2:], start=2):
-        stock, reference_attention = layer.self_attn.attn.aligned, layer.self_attn.attn.reference
+    # What vLLM's KV-cache planning reads: every attention registered by name, each with its own cache spec
+    from vllm.config import get_layers_from_vllm_config
+    from vllm.model_executor.layers.attention import Attention
+
+    registered = get_layers_from_vllm_config(mrv2_config, Attention)
+    originals = range(2, len(layers))
+    assert set(registered) == {f"model.layers.{i}.self_attn.attn" for i in range(len(layers))} | {
+        f"model.layers.{i}.self_attn.attn_ref" for i in originals
+    }
+    for i in originals:
+        stock, reference_attention = layers[i].self_attn.attn.aligned, layers[i].self_attn.attn.reference
         assert reference_attention.layer_name == f"model.layers.{i}.self_attn.attn_ref"
         for field in ("num_heads", "head_size", "num_kv_heads", "sliding_window", "attn_type"):
             assert getattr(reference_attention, field) == getattr(stock, field), (i, field)
+        cache_spec = reference_attention.get_kv_cache_spec(mrv2_config)
+        assert cache_spec is not None and cache_spec == stock.get_kv_cache_spec(mrv2_config)
 
 
 def test_mrv2_admission_refuses_bad_lambda_through_vllms_validator(mrv2_config):
