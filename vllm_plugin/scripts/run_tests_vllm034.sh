@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# The plugin's engine-free tests (tests/test_units.py) against vLLM 0.34.0's own classes, on CPU. Not part of CI's
-# scripts/test.sh (see vllm_plugin/README.md, "Tests"): run it by hand before changing the plugin's vLLM range.
+# The plugin's engine-free tests (tests/test_units.py) against vLLM 0.34.0's own classes (or 0.33.0's, with
+# TRL_REALIGN_VLLM_CLASSES_VERSION=0.33.0), on CPU. Not part of CI's scripts/test.sh (see vllm_plugin/README.md,
+# "Tests"): run it by hand before changing the plugin's vLLM range.
 #
 # vLLM 0.34 cannot run an engine here (on x86 it needs triton-cpu, which is not on the registry, and its wheel pins a
 # CUDA torch 2.14), so the venv is the cheapest one in which the modules the plugin and its tests import load: the
 # vllm==0.34.0 wheel without its dependencies, the local CPU torch 2.13.0 wheel, transformers <5.23 and the few pure
 # packages those imports need (measured on the shared 2-core machine: 178 s and 1.8 GB, half of it torch; the tests
 # then take 15 to 40 s).
-#   TRL_REALIGN_VLLM034_VENV         where the venv lives (default: vllm_plugin/.venv-vllm034, git-ignored)
+#   TRL_REALIGN_VLLM_CLASSES_VENV    where the venv lives (default: vllm_plugin/.venv-vllm-VERSION, git-ignored)
 #   MAIN_PYTHON                      the main environment's interpreter, for the checkpoints (default: python)
 #   TRL_REALIGN_VLLM_REFERENCE_DIR   reuses the checkpoints of scripts/run_tests.sh (default: vllm_plugin/.reference)
 # Extra arguments go to pytest. Exits non-zero on any failure.
 set -euo pipefail
 PLUGIN_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPO_DIR="$(dirname "$PLUGIN_DIR")"
-VENV="${TRL_REALIGN_VLLM034_VENV:-$PLUGIN_DIR/.venv-vllm034}"
+VLLM_VERSION="${TRL_REALIGN_VLLM_CLASSES_VERSION:-0.34.0}"
+VENV="${TRL_REALIGN_VLLM_CLASSES_VENV:-$PLUGIN_DIR/.venv-vllm-$VLLM_VERSION}"
 REFERENCE_DIR="${TRL_REALIGN_VLLM_REFERENCE_DIR:-$PLUGIN_DIR/.reference}"
-VLLM_VERSION=0.34.0
 TORCH_VERSION=2.13.0
+case "$VLLM_VERSION" in  # the transformers each vLLM requires, and what else its imports need
+    # 0.33's V1 sampler modules reach the OpenAI-protocol code
+    0.33.*) TRANSFORMERS="transformers>=5.16.1,<5.21" EXTRA=(openai-harmony openai fastapi partial-json-parser) ;;
+    0.34.*) TRANSFORMERS="transformers>=5.16.1,<5.23" EXTRA=() ;;
+    *) echo "run_tests_vllm034.sh: vLLM $VLLM_VERSION is not one this script installs (0.33.x, 0.34.x)" >&2; exit 2 ;;
+esac
 # What `import vllm` and the modules below need on CPU (found by importing them one missing module at a time)
 DEPS=(
-    "transformers>=5.16.1,<5.23" msgspec psutil pyzmq aiohttp requests cloudpickle pillow pybase64 cachetools uvloop
-    py-cpuinfo cbor2 prometheus_client llguidance einops "pytest>=8"
+    "$TRANSFORMERS" msgspec psutil pyzmq aiohttp requests cloudpickle pillow pybase64 cachetools uvloop py-cpuinfo cbor2
+    prometheus_client "llguidance>=1.7,<1.8" einops "pytest>=8" ${EXTRA[@]+"${EXTRA[@]}"}
 )
 # Without their requirements: xgrammar's pull Triton (1 GB), which CPU torch does not use
 NO_DEPS=(xgrammar==0.2.8 apache-tvm-ffi==0.1.11)
