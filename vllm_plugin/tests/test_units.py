@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import importlib.util
+import json
 import math
+import os
 import random
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +19,6 @@ import torch
 from torch import nn
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
-from vllm.v1.sample.logits_processor.interface import BatchUpdate, MoveDirectionality
 
 from trl_realign_vllm import ARCHITECTURES, DEFAULT_LAMBDA_ENV, default_lambda, request_lambda
 from trl_realign_vllm import lambda_processor
@@ -22,6 +26,11 @@ from trl_realign_vllm.checks import check_attention_backend, check_supported, nu
 from trl_realign_vllm.dual_path import DualPathAttention, mix_paths, run_both_paths
 from trl_realign_vllm.lambda_processor import RealignLambdaProcessor, token_lambdas
 from trl_realign_vllm.plugin import check_vllm_version, register
+
+
+# vLLM 0.34 removed Model Runner V1 and its logits-processor API: the tests of the V1 route need 0.32 or 0.33
+HAS_V1 = importlib.util.find_spec("vllm.v1.sample.logits_processor") is not None
+needs_v1 = pytest.mark.skipif(not HAS_V1, reason="this vLLM has no Model Runner V1 (removed in 0.34)")
 
 
 def params(**extra_args) -> SamplingParams:
@@ -82,7 +91,10 @@ def v1_processor(max_num_seqs=8) -> RealignLambdaProcessor:
     return RealignLambdaProcessor(config, torch.device("cpu"), False)
 
 
+@needs_v1
 def test_processor_rows_follow_adds_moves_and_swaps():
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate, MoveDirectionality
+
     # Against a plain list of which request sits in which row, under random batch changes like the runner's
     rng = random.Random(0)
     processor = v1_processor()
@@ -115,7 +127,10 @@ def test_processor_rows_follow_adds_moves_and_swaps():
     assert processor.apply(logits := torch.randn(3, 5)) is logits and processor.is_argmax_invariant()
 
 
+@needs_v1
 def test_token_lambdas_expand_rows_to_tokens():
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate
+
     processor = v1_processor()
     processor.update_state(
         BatchUpdate(3, [], [(i, params(realign_lambda=v), [1], []) for i, v in enumerate([0.5, -1.0, 2.0])], [])
@@ -139,7 +154,30 @@ def mrv2_config(reference):
         model=spec["paths"]["inra"], hf_overrides={"architectures": ["InRa" + spec["architecture"]]},
         dtype="float32", max_model_len=256, max_num_seqs=4, max_num_batched_tokens=32, block_size=32,
     )
-    return args.create_engine_config()
+    try:
+        return args.create_engine_config()
+    except RuntimeError as error:
+        # vLLM 0.34's CPU platform refuses x86 without triton-cpu in its config fix-ups; the config it would have
+        # built is all these tests need (the platform's own fix-ups stay unexercised here)
+        if "requires Triton" not in str(error):
+            raise
+    from vllm.platforms import current_platform
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(current_platform), "check_and_update_config", classmethod(lambda cls, config: None))
+        return args.create_engine_config()
+
+
+def new_request(slot: int, lam) -> object:
+    """The runner's `NewRequestData` (vLLM 0.34 made `prefill_token_ids` required)."""
+    from vllm.v1.core.sched.output import NewRequestData
+
+    prompt = [1, 2, 3]
+    return NewRequestData(
+        req_id=f"request-{slot}-{lam}", prompt_token_ids=prompt, mm_features=[],
+        sampling_params=SamplingParams(extra_args=None if lam is None else {"realign_lambda": lam}),
+        pooling_params=None, block_ids=([slot],), num_computed_tokens=0, lora_request=None, prefill_token_ids=prompt,
+    )
 
 
 def test_mrv2_state_gives_lambda_per_token_in_a_persistent_buffer(mrv2_config):
@@ -153,8 +191,7 @@ def test_mrv2_state_gives_lambda_per_token_in_a_persistent_buffer(mrv2_config):
     state = RealignLambdaModelState(mrv2_config, nn.Module(), None, device)
     slot_lambdas = {0: 0.5, 1: -0.5, 2: None, 3: 1.5}  # slot 2 gives no λ: the default
     for slot, lam in slot_lambdas.items():
-        extra = None if lam is None else {"realign_lambda": lam}
-        state.add_request(slot, SimpleNamespace(sampling_params=SamplingParams(extra_args=extra)))
+        state.add_request(slot, new_request(slot, lam))
 
     # Batch rows in slot order 3, 0, 2 with 2, 5 and 1 tokens, padded to 10 tokens (as for a CUDA graph)
     buffers = InputBuffers(max_num_reqs=4, max_num_tokens=32, device=device)
@@ -172,8 +209,106 @@ def test_mrv2_state_gives_lambda_per_token_in_a_persistent_buffer(mrv2_config):
     assert got.data_ptr() == captured.data_ptr() and captured.tolist() == want
 
     # A reused slot takes the new request's λ
-    state.add_request(0, SimpleNamespace(sampling_params=SamplingParams(extra_args={"realign_lambda": 0.25})))
+    state.add_request(0, new_request(0, 0.25))
     assert state.prepare_inputs(batch, req_states=None)["realign_lambda"][2].item() == 0.25
+
+
+def test_inra_model_builds_and_loads_its_checkpoint_with_this_vllms_classes(mrv2_config, reference, tmp_path):
+    # The narrowest piece of the model that runs without an engine (vLLM 0.34 cannot start one on this CPU): the class
+    # built by vLLM's own layers (the second `Attention` per original layer, through this vLLM's `Attention`
+    # signature) and every parameter loaded from the checkpoint's stock names, as vLLM's loader requires
+    from safetensors.torch import load_file
+    from vllm.config import set_current_vllm_config
+    from vllm.distributed import (
+        destroy_distributed_environment, destroy_model_parallel, init_distributed_environment,
+        initialize_model_parallel,
+    )
+
+    from trl_realign_vllm.models import InRaLlamaForCausalLM
+
+    spec = reference["families"]["llama"]
+    with set_current_vllm_config(mrv2_config):
+        init_distributed_environment(
+            world_size=1, rank=0, local_rank=0, distributed_init_method=f"file://{tmp_path / 'init'}", backend="gloo"
+        )
+        try:
+            initialize_model_parallel(1, 1)
+            model = InRaLlamaForCausalLM(vllm_config=mrv2_config, prefix="")
+            weights = {}
+            for name in os.listdir(spec["paths"]["inra"]):
+                if name.endswith(".safetensors"):
+                    weights.update(load_file(os.path.join(spec["paths"]["inra"], name)))
+            loaded = model.load_weights(weights.items())
+        finally:
+            destroy_model_parallel()
+            destroy_distributed_environment()
+    assert {name for name, _ in model.named_parameters()} <= set(loaded)
+    layers = model.model.layers
+    assert model.num_adapters == spec["num_adapters"] == 2
+    assert all(type(layer.self_attn.attn).__name__ == "Attention" for layer in layers[:2])
+    # What vLLM's KV-cache planning reads: every attention registered by name, each with its own cache spec
+    from vllm.config import get_layers_from_vllm_config
+    from vllm.model_executor.layers.attention import Attention
+
+    registered = get_layers_from_vllm_config(mrv2_config, Attention)
+    originals = range(2, len(layers))
+    assert set(registered) == {f"model.layers.{i}.self_attn.attn" for i in range(len(layers))} | {
+        f"model.layers.{i}.self_attn.attn_ref" for i in originals
+    }
+    for i in originals:
+        stock, reference_attention = layers[i].self_attn.attn.aligned, layers[i].self_attn.attn.reference
+        assert reference_attention.layer_name == f"model.layers.{i}.self_attn.attn_ref"
+        for field in ("num_heads", "head_size", "num_kv_heads", "sliding_window", "attn_type"):
+            assert getattr(reference_attention, field) == getattr(stock, field), (i, field)
+        cache_spec = reference_attention.get_kv_cache_spec(mrv2_config)
+        assert cache_spec is not None and cache_spec == stock.get_kv_cache_spec(mrv2_config)
+
+
+def test_mrv2_admission_refuses_bad_lambda_through_vllms_validator(mrv2_config):
+    # What the frontend runs at admission under Model Runner V2 (the only runner from 0.34 on): the validator that
+    # vLLM builds from the `vllm.logits_processors` entry points, which only takes V2-interface classes
+    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2
+
+    validate = build_custom_logits_processors_params_validator(())
+    validate(params(realign_lambda=0.5))
+    for value, message in (("0.5", "must be a number"), (math.inf, "must be finite"), (True, "must be a number")):
+        with pytest.raises(VLLMValidationError, match=message):
+            validate(params(realign_lambda=value))
+    # The runner then builds the processor with the engine config and the request state, and hands it each request
+    processor = RealignLambdaProcessor(mrv2_config, None)
+    assert isinstance(processor, V2) and processor.add_request(0, params(realign_lambda=0.5)) is False
+    assert processor.apply(logits := torch.randn(2, 5), None) is logits
+
+
+def test_the_mix_is_in_forward_so_every_logits_hook_projects_it():
+    # With tensor parallel and batch-sharded sampling (MRV2) vLLM calls `compute_logits_local` instead of
+    # `compute_logits`, and 0.34's model state calls `compute_sample_logits`: the plugin defines none of them, so each
+    # projects the rows that `forward` already mixed.
+    from vllm.v1.worker.gpu.model_states.default import DefaultModelState
+
+    from trl_realign_vllm import models
+    from trl_realign_vllm.model_state import RealignLambdaModelState
+
+    hooks = ("compute_logits", "compute_logits_local", "compute_sample_logits")
+    for name in ARCHITECTURES.values():
+        cls = getattr(models, name)
+        stock = cls.__mro__[2]  # InRa<Family>ForCausalLM(InRaMixin, <Family>ForCausalLM)
+        assert cls.__mro__[1] is models.InRaMixin and stock.__name__ == name.removeprefix("InRa")
+        for hook in hooks:
+            assert getattr(cls, hook, None) is getattr(stock, hook, None), (name, hook)
+    for hook in hooks:
+        assert getattr(RealignLambdaModelState, hook, None) is getattr(DefaultModelState, hook, None), hook
+
+    torch.manual_seed(0)
+    model = SimpleNamespace(model=ToyDecoder(4), num_adapters=2)
+    input_ids, positions = torch.tensor([1, 5, 7]), torch.tensor([0.0, 1.0, 2.0])
+    lambdas = torch.tensor([0.0, 0.5, 1.5])
+    with torch.no_grad():
+        got = models.InRaMixin.forward(model, input_ids, positions, realign_lambda=lambdas)
+        both = run_both_paths(model.model, 2, input_ids, positions, None)
+    assert got.shape == (3, 4)
+    torch.testing.assert_close(got, mix_paths(both, lambdas), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------- two-path arithmetic
@@ -272,8 +407,10 @@ def engine_config(**changes):
                                         prefill_context_parallel_size=1),
         lora_config=None, speculative_config=None, quant_config=None,
         cache_config=SimpleNamespace(cache_dtype="auto"), model_config=SimpleNamespace(is_multimodal_model=False),
-        compilation_config=SimpleNamespace(cudagraph_mode=CUDAGraphMode.NONE), use_v2_model_runner=False,
+        compilation_config=SimpleNamespace(cudagraph_mode=CUDAGraphMode.NONE),
     )
+    if HAS_V1:  # vLLM 0.34's config has no `use_v2_model_runner`: Model Runner V2 is its only runner
+        config.use_v2_model_runner = False
     for path, value in changes.items():
         target = config
         *parents, name = path.split(".")
@@ -311,9 +448,23 @@ def test_mixed_sliding_layers_and_cuda_graph_modes_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="piecewise CUDA graphs"):
         check_supported(engine_config(**{"compilation_config.cudagraph_mode": CUDAGraphMode.FULL_AND_PIECEWISE}), plain)
     full = {"compilation_config.cudagraph_mode": CUDAGraphMode.FULL_DECODE_ONLY}
-    with pytest.raises(ValueError, match="V1 model runner"):
-        check_supported(engine_config(**full), plain)
-    check_supported(engine_config(**full, use_v2_model_runner=True), plain)
+    if HAS_V1:
+        with pytest.raises(ValueError, match="V1 model runner"):
+            check_supported(engine_config(**full), plain)
+        full["use_v2_model_runner"] = True
+    check_supported(engine_config(**full), plain)
+
+
+# ------------------------------------------------------------------------------------------------- the GPU check
+def test_gpu_check_dry_run_passes_here(reference):
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "check_gpu_mrv2.py")
+    result = subprocess.run(
+        [sys.executable, script, os.environ["TRL_REALIGN_VLLM_REFERENCE"], "--dry-run"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["ok"] and report["dry_run"] and len(report["plan"]["batches"]) == len(reference["families"]) + 1
 
 
 def test_v1_attention_backends_without_query_start_loc_are_refused():
@@ -340,10 +491,10 @@ def test_v1_attention_backends_without_query_start_loc_are_refused():
 
 # ------------------------------------------------------------------------------------------------- registration
 def test_version_guard():
-    check_vllm_version("0.32.0")
-    check_vllm_version("0.32.7")
-    for other in ("0.31.2", "0.33.0", "1.32.0"):
-        with pytest.raises(RuntimeError, match="supports vLLM 0.32.x only"):
+    for admitted in ("0.32.0", "0.32.7", "0.33.0", "0.33.1", "0.34.0", "0.34.2rc1"):
+        check_vllm_version(admitted)
+    for other in ("0.31.2", "0.35.0", "1.32.0", "0.3.4"):
+        with pytest.raises(RuntimeError, match=r"supports vLLM 0\.32 to 0\.34 .*vLLM " + other.replace(".", r"\.")):
             check_vllm_version(other)
 
 
@@ -356,9 +507,12 @@ def test_entry_points_and_registered_architectures():
     assert "trl_realign_vllm.lambda_processor:RealignLambdaProcessor" in processors
     register()
     assert set(ARCHITECTURES.values()) <= set(ModelRegistry.get_supported_archs())
-    # Both runners' loaders accept the processor class
+    # Both runners' loaders accept the processor class (Model Runner V1's where this vLLM still has it)
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2
-    from vllm.v1.sample.logits_processor.interface import LogitsProcessor as V1
 
-    assert issubclass(RealignLambdaProcessor, V1) and issubclass(RealignLambdaProcessor, V2)
+    assert issubclass(RealignLambdaProcessor, V2)
+    if HAS_V1:
+        from vllm.v1.sample.logits_processor.interface import LogitsProcessor as V1
+
+        assert issubclass(RealignLambdaProcessor, V1)
     assert lambda_processor.RealignLambdaProcessor is RealignLambdaProcessor

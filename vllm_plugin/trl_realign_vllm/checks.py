@@ -38,6 +38,8 @@ def check_supported(vllm_config, hf_config) -> None:
     # Imported here so that the frontend, which never builds a model, imports no model-runner code.
     from vllm.platforms import current_platform
 
+    from .runners import uses_model_runner_v2
+
     parallel = vllm_config.parallel_config
     refused = {
         "pipeline parallel": parallel.pipeline_parallel_size > 1,
@@ -82,7 +84,7 @@ def check_supported(vllm_config, hf_config) -> None:
                 "--compilation-config '{\"cudagraph_mode\": \"FULL_DECODE_ONLY\"}' (Model Runner V2) or "
                 "--enforce-eager."
             )
-        if mode is not None and mode.has_full_cudagraphs() and not vllm_config.use_v2_model_runner:
+        if mode is not None and mode.has_full_cudagraphs() and not uses_model_runner_v2(vllm_config):
             raise ValueError(
                 "With the V1 model runner λ reaches the model outside the CUDA graph; launch with --enforce-eager, "
                 "or use Model Runner V2 (the default on GPU)."

@@ -4,10 +4,11 @@
 It never changes logits (a processor sees one logit row per request, after penalties and masks, so it cannot mix two
 paths). It does two things:
 - admission: `validate_params` refuses a bad λ, which the OpenAI server turns into HTTP 400;
-- Model Runner V1 (the runner on CPU): `update_state` sees each step's persistent-batch order before the forward, so
-  it keeps one λ per batch row, which the model reads back with `token_lambdas`.
-vLLM's two runners load processors of two interfaces from the same entry point group; this class implements both (on
-Model Runner V2, λ reaches the model through `model_state.RealignLambdaModelState` instead).
+- Model Runner V1 (the runner on CPU, vLLM 0.32 and 0.33 only): `update_state` sees each step's persistent-batch order
+  before the forward, so it keeps one λ per batch row, which the model reads back with `token_lambdas`.
+vLLM's two runners load processors of two interfaces from the same entry point group; this class implements both where
+both exist, and the V2 one only on vLLM 0.34, which deleted the V1 interface (on Model Runner V2, λ reaches the model
+through `model_state.RealignLambdaModelState` instead).
 """
 
 from __future__ import annotations
@@ -16,18 +17,26 @@ import weakref
 
 import torch
 from vllm.exceptions import VLLMValidationError
-from vllm.v1.sample.logits_processor.interface import LogitsProcessor as V1LogitsProcessor
-from vllm.v1.sample.logits_processor.interface import MoveDirectionality
 from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2LogitsProcessor
 
 from .realign_lambda import DEFAULT_LAMBDA, LAMBDA_KEY, default_lambda, request_lambda
+from .runners import HAS_MODEL_RUNNER_V1, uses_model_runner_v2
+
+
+if HAS_MODEL_RUNNER_V1:
+    from vllm.v1.sample.logits_processor.interface import LogitsProcessor as V1LogitsProcessor
+    from vllm.v1.sample.logits_processor.interface import MoveDirectionality
+
+    _INTERFACES = (V1LogitsProcessor, V2LogitsProcessor)
+else:
+    _INTERFACES = (V2LogitsProcessor,)
 
 
 # The V1-runner instance of this process (one engine per worker process); the model reads per-row λ from it
 _active: weakref.ReferenceType | None = None
 
 
-class RealignLambdaProcessor(V1LogitsProcessor, V2LogitsProcessor):
+class RealignLambdaProcessor(*_INTERFACES):
     @classmethod
     def validate_params(cls, sampling_params) -> None:
         try:
@@ -42,7 +51,7 @@ class RealignLambdaProcessor(V1LogitsProcessor, V2LogitsProcessor):
         if self.default is None:  # required: admission lets no request through without λ
             self.default = DEFAULT_LAMBDA
         self.row_lambdas = torch.full((vllm_config.scheduler_config.max_num_seqs,), self.default)
-        if not vllm_config.use_v2_model_runner:
+        if not uses_model_runner_v2(vllm_config):
             _active = weakref.ref(self)
 
     # ------------------------------------------------------------------------------------------- Model Runner V1

@@ -4,6 +4,12 @@ Model Runner V2 (vLLM's GPU default): λ reaches the model's forward as a real t
 The state keeps λ per request slot and, each step, gathers it per input token into one persistent buffer; capture
 (`prepare_dummy_inputs`) and replay (`prepare_inputs`) hand the model views of that same buffer, so a CUDA graph
 captured once reads each step's λ. Imported only by the worker that builds the model state (it needs MRV2's modules).
+
+It overrides only `add_request`, `prepare_inputs` and `prepare_dummy_inputs`, whose signatures vLLM 0.32 to 0.34 keep;
+what those versions changed around them (`input_batch.pcp`, `capture_inner_cudagraphs(stream=)`,
+`compute_sample_logits`, a required `NewRequestData.prefill_token_ids`) stays with `DefaultModelState`. λ is written to
+the device buffer in `add_request` itself, not through vLLM's `StagedWriteTensor`, so 0.34's by-reference staging does
+not apply.
 """
 
 from __future__ import annotations

