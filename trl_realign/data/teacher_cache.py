@@ -57,6 +57,13 @@ def row_key(input_ids, labels) -> int:
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
+def iter_prepared_rows(dataset):
+    """`(key, labels)` of every row of a prepared dataset (`input_ids`, `labels`), in order, read in batches."""
+    for batch in dataset.select_columns(["input_ids", "labels"]).iter(batch_size=1024):
+        for input_ids, labels in zip(batch["input_ids"], batch["labels"]):
+            yield row_key(input_ids, labels), labels
+
+
 def scored_token_count(labels) -> int:
     """Positions t whose prediction of token t+1 is scored (labels[t+1] ≠ −100), as the loss's `scored_mask`."""
     labels = np.asarray(labels)

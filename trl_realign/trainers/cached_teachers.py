@@ -18,7 +18,7 @@ import json
 import torch
 from transformers import TrainerCallback
 
-from ..data.teacher_cache import TeacherCache, TeacherCacheError, row_key
+from ..data.teacher_cache import TeacherCache, TeacherCacheError, iter_prepared_rows
 from ..losses import TeacherHead
 
 
@@ -60,11 +60,6 @@ def teacher_identity(model, name_or_path: str | None, revision: str | None, hidd
 
 def check_cache_matches_run(cache: TeacherCache, args, processing_class) -> None:
     """Refuse, naming the first difference, a cache whose tokenizer or preprocessing is not this run's."""
-    if getattr(args, "packing", False) or getattr(args, "padding_free", False):
-        raise TeacherCacheError(
-            "A teacher cache serves unpacked rows: set `packing: false` and `padding_free: false` to train from it "
-            "(packed rows mix documents differently from run to run, so their cached rows cannot be matched)."
-        )
     captured, run = cache.manifest["run"], run_identity(args, processing_class)
     for name in ("tokenizer", "chat_template", *_PREPROCESSING_FIELDS):
         if captured.get(name) != run.get(name):
@@ -121,11 +116,10 @@ def attach_cache_rows(dataset, cache: TeacherCache, name: str):
             "(its rows are matched to cached rows before training)."
         )
     rows, missing = [], 0
-    for batch in dataset.select_columns(["input_ids", "labels"]).iter(batch_size=1024):
-        for input_ids, labels in zip(batch["input_ids"], batch["labels"]):
-            row = cache.row_of_key(row_key(input_ids, labels))
-            missing += row is None
-            rows.append(-1 if row is None else row)
+    for key, _ in iter_prepared_rows(dataset):
+        row = cache.row_of_key(key)
+        missing += row is None
+        rows.append(-1 if row is None else row)
     if missing:
         raise TeacherCacheError(
             f"{missing} of the {len(rows)} rows of the {name} dataset are not in the teacher cache in "
@@ -135,6 +129,13 @@ def attach_cache_rows(dataset, cache: TeacherCache, name: str):
     if ROW_COLUMN in dataset.column_names:
         dataset = dataset.remove_columns(ROW_COLUMN)
     return dataset.add_column(ROW_COLUMN, rows)
+
+
+def map_eval_datasets(eval_dataset, fn):
+    """`fn(dataset, name)` on an evaluation dataset, or on each of a dict of them (named by their keys)."""
+    if isinstance(eval_dataset, dict):
+        return {name: fn(dataset, name) for name, dataset in eval_dataset.items()}
+    return fn(eval_dataset, "eval")
 
 
 class CacheRowCollator:

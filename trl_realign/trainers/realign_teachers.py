@@ -383,3 +383,16 @@ def realign_metrics(stats: torch.Tensor) -> dict[str, float]:
         "teacher_entropy": values["teacher_entropy"] / tokens,
         "completion_length": values["num_tokens"] / max(values["num_sequences"], 1.0),
     }
+
+
+def release_trainer(trainer) -> None:
+    """
+    Drop the references a finished trainer's accelerator and callbacks hold (models, teachers, optimizer,
+    scheduler), so that the next trainer of the same process (TrRa-iter, a capture before training) does not double
+    the peak.
+    """
+    trainer.accelerator.free_memory()
+    handler = trainer.callback_handler
+    handler.model = handler.optimizer = handler.lr_scheduler = handler.train_dataloader = None
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    trainer.aligned_model = trainer.ref_model = None

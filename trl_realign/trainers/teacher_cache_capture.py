@@ -19,14 +19,15 @@ from ..data.teacher_cache import (
     TeacherCache,
     TeacherCacheError,
     TeacherCacheWriter,
+    iter_prepared_rows,
     plan_shard_starts,
     read_manifest,
-    row_key,
     scored_token_count,
     teacher_directory,
 )
 from .cached_teachers import run_identity, teacher_identity
-from .realign_teachers import _BACKBONE_KEYS, scored_mask
+from .realign_teachers import _BACKBONE_KEYS, release_trainer, scored_mask
+from .trra_config import check_unpacked_for_teacher_cache
 from .trra_trainer import TrRaTrainer
 
 
@@ -73,11 +74,7 @@ def build_teacher_cache(
     directory = teacher_cache or getattr(args, "teacher_cache", None)
     if not directory:
         raise ValueError("Where should the teacher cache go? Set `teacher_cache` (a folder) in the config or call.")
-    if args.packing or args.padding_free:
-        raise TeacherCacheError(
-            "A teacher cache serves unpacked rows: set `packing: false` and `padding_free: false` to capture one "
-            "(packed rows mix documents differently from run to run, so their cached rows cannot be matched)."
-        )
+    check_unpacked_for_teacher_cache(args)
     if is_deepspeed_zero3_enabled():
         raise TeacherCacheError(
             "Capturing a teacher cache under DeepSpeed ZeRO-3 is not supported (processes would run unequal numbers "
@@ -120,16 +117,12 @@ def _plan_rows(datasets: dict):
     """Unique prepared rows (train first, then evaluation), with their keys, scored-token counts and sources."""
     keys, num_tokens, sources, seen = [], [], [], set()
     for name, dataset in datasets.items():
-        index = 0
-        for batch in dataset.select_columns(["input_ids", "labels"]).iter(batch_size=1024):
-            for input_ids, labels in zip(batch["input_ids"], batch["labels"]):
-                key = row_key(input_ids, labels)
-                if key not in seen:
-                    seen.add(key)
-                    keys.append(key)
-                    num_tokens.append(scored_token_count(labels))
-                    sources.append((name, index))
-                index += 1
+        for index, (key, labels) in enumerate(iter_prepared_rows(dataset)):
+            if key not in seen:
+                seen.add(key)
+                keys.append(key)
+                num_tokens.append(scored_token_count(labels))
+                sources.append((name, index))
     return keys, num_tokens, sources
 
 
@@ -274,8 +267,7 @@ def _teacher_head_params(teachers, role, student):
 
 
 def _release(trainer) -> None:
-    trainer.accelerator.free_memory()
-    trainer.model = trainer.model_wrapped = trainer.aligned_model = trainer.ref_model = None
+    release_trainer(trainer)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

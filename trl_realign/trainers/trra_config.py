@@ -106,11 +106,8 @@ class TrRaConfig(SFTConfig):
             )
         self.divergence, self.beta = resolve_divergence(self.divergence, self.beta)
         check_streamed_loss_options(self)
-        if self.teacher_cache and (self.packing or self.padding_free):
-            raise ValueError(
-                "`teacher_cache` serves unpacked rows: set `packing=False` and `padding_free=False` (packed rows mix "
-                "documents differently from run to run, so their cached rows cannot be matched)."
-            )
+        if self.teacher_cache:
+            check_unpacked_for_teacher_cache(self)
 
 
 def check_streamed_loss_options(config) -> None:
@@ -123,4 +120,13 @@ def check_streamed_loss_options(config) -> None:
         raise ValueError(
             "`loss_token_chunk_size` and `loss_vocab_chunk_size` must be positive integers "
             "(leave `loss_vocab_chunk_size` unset to take the whole vocabulary at once)."
+        )
+
+
+def check_unpacked_for_teacher_cache(config) -> None:
+    """A teacher cache serves unpacked rows, to capture and to train from (the config's check and the capture's)."""
+    if config.packing or config.padding_free:
+        raise ValueError(
+            "`teacher_cache` serves unpacked rows: set `packing=False` and `padding_free=False` (packed rows mix "
+            "documents differently from run to run, so their cached rows cannot be matched)."
         )

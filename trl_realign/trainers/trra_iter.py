@@ -11,6 +11,7 @@ import os
 import torch
 from transformers import PreTrainedModel
 
+from .realign_teachers import release_trainer
 from .teacher_cache_capture import build_teacher_cache
 from .trra_config import TrRaConfig
 from .trra_trainer import TrRaTrainer
@@ -72,7 +73,7 @@ def train_trra_iterations(
         trainer.accelerator.wait_for_everyone()
         outputs.append(output_dir)
         aligned_model = output_dir
-        _release(trainer)
+        release_trainer(trainer)
         # Nothing of iteration k may live while k+1 is built, or the peak doubles from iteration 2 on
         del trainer, student
         gc.collect()
@@ -98,12 +99,3 @@ def _capture_iteration(k, model, aligned_model, args, train_dataset, eval_datase
         if key not in ("aligned_model", "ref_model") or isinstance(value, str)
     }
     return dataclasses.replace(args, teacher_cache=cache), teachers
-
-
-def _release(trainer) -> None:
-    """Drop the references a finished trainer's accelerator and callbacks hold (models, optimizer, scheduler)."""
-    trainer.accelerator.free_memory()
-    handler = trainer.callback_handler
-    handler.model = handler.optimizer = handler.lr_scheduler = handler.train_dataloader = None
-    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
-    trainer.aligned_model = trainer.ref_model = None

@@ -20,6 +20,7 @@ from .cached_teachers import (
     check_cache_matches_run,
     check_cached_teacher_name,
     check_student_is_cached_reference,
+    map_eval_datasets,
 )
 from .layer_adapter.reference import AdapterBypassedModel
 from .paper import REALIGN_PAPER
@@ -154,10 +155,10 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         check_realign_models(self.model, {}, tokenizer, self.vocab_size)
         self.train_dataset = attach_cache_rows(self.train_dataset, cache, "train")
-        if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {k: attach_cache_rows(d, cache, f"eval {k}") for k, d in self.eval_dataset.items()}
-        elif self.eval_dataset is not None:
-            self.eval_dataset = attach_cache_rows(self.eval_dataset, cache, "eval")
+        if self.eval_dataset is not None:
+            self.eval_dataset = map_eval_datasets(
+                self.eval_dataset, lambda dataset, name: attach_cache_rows(dataset, cache, name)
+            )
         self.data_collator = CacheRowCollator(self.data_collator)
         if getattr(self.args, "disable_dropout", False):
             disable_dropout_in_model(self.model)
@@ -185,10 +186,7 @@ class TrRaTrainer(RealignTeachersMixin, SFTTrainer):
                 )
                 return attach_cache_rows(dataset, cache, name)
 
-            if isinstance(eval_dataset, dict):
-                eval_dataset = {name: prepared(dataset, name) for name, dataset in eval_dataset.items()}
-            else:
-                eval_dataset = prepared(eval_dataset, "eval")
+            eval_dataset = map_eval_datasets(eval_dataset, prepared)
         return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def _set_signature_columns_if_needed(self):
